@@ -1,0 +1,166 @@
+"""Calibration capture: statistics of every quantizable layer's input at every sampling step.
+
+The full-precision model samples the calibration prompts; forward hooks on the quantizable layers
+stream what the methods need and nothing more:
+
+* ``hessian``: per step, the sum of ``x xᵀ`` over all rows (tokens x samples) of the layer input,
+  float32 of shape (T, d_in, d_in) in ``"per_step"`` mode, or only weighted sums over steps in
+  ``"weighted"`` mode (weights per layer and step given up front, e.g. uniform and Fisher-guided);
+* ``absmax``: per step and input channel, the largest |x| (T, d_in);
+* ``minmax``: per step, the smallest and largest value (T, 2);
+* ``samples``: per step, a fixed-size random sample of input values (for plots);
+* the latent trajectory (T, B, N, C) and the conditioning, to replay any step later.
+
+Memory: ``"per_step"`` holds ``4 * T * sum_l d_in(l)^2`` bytes; ``"weighted"`` holds
+``4 * K * sum_l d_in(l)^2`` for K weightings. Flux-Dev (57 blocks; inputs of width 3072 and
+12288, about 5.1e8 summed d_in^2) at 50 steps would need about 100 GB per-step, but 2 GB per
+weighting: use ``"weighted"`` for it. :func:`memory_estimate` tells before capturing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from adatsq.models.base import Conditioning
+from adatsq.quant.qlinear import StepTracker
+
+log = logging.getLogger(__name__)
+
+HESSIAN_MODES = ("per_step", "weighted", "none")
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """What to keep while capturing.
+
+    Attributes:
+        hessian: ``"per_step"``, ``"weighted"`` or ``"none"``.
+        samples_per_step: activation values kept per layer and step for plots.
+        seed: seed of the value sampling.
+    """
+
+    hessian: str = "per_step"
+    samples_per_step: int = 512
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.hessian not in HESSIAN_MODES:
+            raise ValueError(f"hessian must be one of {', '.join(HESSIAN_MODES)}, got {self.hessian!r}")
+        if self.samples_per_step < 0:
+            raise ValueError("samples_per_step must be >= 0")
+
+
+@dataclass
+class CalibrationStats:
+    """What :func:`capture` returns (see the module docstring)."""
+
+    layers: list[str]
+    steps: int
+    rows: dict[str, torch.Tensor]  # (T,) rows seen per step
+    absmax: dict[str, torch.Tensor]  # (T, d_in)
+    minmax: dict[str, torch.Tensor]  # (T, 2)
+    samples: dict[str, torch.Tensor]  # (T, S)
+    hessian: dict[str, torch.Tensor] = field(default_factory=dict)  # (T, d_in, d_in) per step
+    weighted_hessian: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    latents: torch.Tensor | None = None  # (T, B, N, C) input latents of every step
+    sigmas: torch.Tensor | None = None  # (T,)
+    cond: Conditioning | None = None
+
+    def hessian_sum(self, name: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``sum_t w_t H_t`` for layer ``name`` (uniform ``w_t = 1/T`` by default), normalised per row."""
+        if name not in self.hessian:
+            raise KeyError(f"no per-step Hessian captured for {name!r}; capture with hessian='per_step'")
+        H = self.hessian[name] / self.rows[name].clamp_min(1)[:, None, None]  # (T, d, d)
+        w = torch.full((self.steps,), 1.0 / self.steps) if weights is None else weights
+        return torch.einsum("t,tij->ij", w.to(H.dtype), H)
+
+    def nbytes(self) -> int:
+        tensors = [*self.hessian.values(), *self.absmax.values(), *self.samples.values()]
+        tensors += [h for d in self.weighted_hessian.values() for h in d.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def memory_estimate(layers: dict[str, nn.Linear], steps: int, mode: str = "per_step",
+                    weightings: int = 2) -> int:
+    """Bytes the Hessians of ``layers`` take in ``mode``."""
+    per = sum(layer.in_features**2 for layer in layers.values()) * 4
+    return {"per_step": per * steps, "weighted": per * weightings, "none": 0}[mode]
+
+
+def capture(pipeline, prompts: list[str], seed: int = 0, steps: int | None = None,
+            config: CaptureConfig = CaptureConfig(),
+            step_weights: dict[str, dict[str, torch.Tensor]] | None = None,
+            progress: bool = True) -> CalibrationStats:
+    """Samples ``prompts`` with the full-precision pipeline and records layer-input statistics.
+
+    Args:
+        pipeline: a pipeline exposing ``transformer``, ``adapter``, ``schedule(steps)`` and
+            ``generate(prompts, seed, steps, callback=...)``.
+        step_weights: for ``hessian="weighted"``: weighting name -> layer -> (T,) weights.
+    """
+    steps = steps or pipeline.default_steps
+    model = pipeline.transformer
+    layers = pipeline.adapter.quantizable_layers(model)
+    if config.hessian == "weighted" and not step_weights:
+        raise ValueError("hessian='weighted' needs step_weights")
+    tracker = StepTracker(pipeline.schedule(steps))
+    gen = torch.Generator().manual_seed(config.seed)
+    T = steps
+    stats = CalibrationStats(
+        layers=list(layers), steps=T,
+        rows={n: torch.zeros(T) for n in layers},
+        absmax={n: torch.zeros(T, m.in_features) for n, m in layers.items()},
+        minmax={n: torch.stack([torch.full((T,), float("inf")), torch.full((T,), -float("inf"))], 1)
+                for n in layers},
+        samples={n: torch.zeros(T, config.samples_per_step) for n in layers})
+    if config.hessian == "per_step":
+        stats.hessian = {n: torch.zeros(T, m.in_features, m.in_features) for n, m in layers.items()}
+    elif config.hessian == "weighted":
+        stats.weighted_hessian = {w: {n: torch.zeros(m.in_features, m.in_features)
+                                      for n, m in layers.items()} for w in step_weights}
+
+    def make_hook(name: str):
+        def hook(_module, inputs):
+            t = tracker.index
+            X = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()  # (rows, d_in)
+            if not torch.isfinite(X).all():
+                raise ValueError(f"non-finite activations reached {name} at step {t}; "
+                                 "check the calibration prompts and the model weights")
+            stats.rows[name][t] += X.shape[0]
+            stats.absmax[name][t] = torch.maximum(stats.absmax[name][t], X.abs().amax(0))
+            mm = stats.minmax[name][t]
+            mm[0], mm[1] = min(mm[0], X.min()), max(mm[1], X.max())
+            if config.samples_per_step:
+                idx = torch.randint(X.numel(), (config.samples_per_step,), generator=gen)
+                stats.samples[name][t] = X.reshape(-1)[idx]
+            XtX = X.T @ X  # (d_in, d_in)
+            if config.hessian == "per_step":
+                stats.hessian[name][t] += XtX
+            elif config.hessian == "weighted":
+                for w, per_layer in step_weights.items():
+                    stats.weighted_hessian[w][name] += per_layer[name][t] * XtX / X.shape[0]
+        return hook
+
+    latents, step_sigmas = [], []
+
+    def on_step(i, sigma, x):
+        latents.append(x.clone())
+        step_sigmas.append(float(sigma[0]))
+
+    handles = [tracker.attach(model, pipeline.adapter.timestep_of)]
+    handles += [m.register_forward_pre_hook(make_hook(n)) for n, m in layers.items()]
+    try:
+        pipeline.generate(prompts, seed=seed, steps=steps, callback=on_step,
+                          batch_size=len(prompts), progress="calibration capture" if progress else False)
+    finally:
+        for h in handles:
+            h.remove()
+    stats.latents = torch.stack(latents)
+    stats.sigmas = torch.tensor(step_sigmas)
+    stats.cond = pipeline.encode(prompts)
+    log.info("captured %d layers x %d steps (%.1f MB)", len(layers), T, stats.nbytes() / 1e6)
+    return stats

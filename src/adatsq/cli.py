@@ -1,0 +1,181 @@
+"""Command line: ``adatsq zoo | generate | quantize | evaluate``.
+
+Bad input (unknown model or method, bad bit width, missing or corrupt file, empty prompt list) ends
+with a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _recipe(args):
+    from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec
+
+    if getattr(args, "recipe", None):
+        return Recipe.load(args.recipe)
+    options = json.loads(args.options) if args.options else {}
+    return Recipe(method=args.method, weights=WeightSpec(bits=args.w_bits),
+                  activations=ActivationSpec(bits=args.a_bits),
+                  calibration=CalibrationSpec(num_prompts=args.calib_prompts, steps=args.steps),
+                  options=options)
+
+
+def _read_prompts(args) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise ValueError(f"prompt file {path} does not exist")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("no prompts given; pass --prompt TEXT or --prompts-file FILE")
+    return prompts
+
+
+def cmd_zoo(args) -> int:
+    from adatsq.zoo import registry
+
+    entries = [{"name": e.name, "model_class": e.model_class, "steps": e.steps,
+                "guidance_scale": e.guidance_scale, "trained": e.weights_path().exists(),
+                "description": e.description} for e in registry.ENTRIES.values()]
+    if args.json:
+        print(json.dumps(entries, indent=1))
+    else:
+        for e in entries:
+            print(f"{e['name']:<22} {e['model_class']:<26} {e['steps']:>3} steps  {e['description']}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from adatsq.eval.plots import sample_grid
+    from adatsq.pipeline import load_artifact, load_pipeline
+
+    prompts = _read_prompts(args)
+    if args.artifact:
+        pipe, _ = load_artifact(args.artifact)
+    elif args.model:
+        pipe = load_pipeline(args.model)
+    else:
+        raise ValueError("name a model (zoo name, folder or hub id) or pass --artifact DIR")
+    images = pipe.generate(prompts, seed=args.seed, steps=args.steps, progress=True)
+    sample_grid({args.artifact or args.model: images.numpy()}, prompts, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from adatsq import io
+    from adatsq.pipeline import load_pipeline, quantize_
+
+    recipe = _recipe(args)
+    pipe = load_pipeline(args.model)
+    policy = quantize_(pipe, recipe)
+    io.save(pipe.transformer, policy, args.out, pipe.source())
+    size = io.model_bytes(pipe.transformer)
+    print(f"wrote {args.out}: {recipe.method} W{policy.weight_bits}A{policy.average_activation_bits:g}"
+          f", {size / 1e6:.2f} MB, quantized in {policy.settings['seconds']:.1f}s")
+    return 0
+
+
+def _rows(methods: list[str], bits: list[str]):
+    from adatsq.config import ActivationSpec, Recipe, WeightSpec
+    from adatsq.eval.report import Row
+
+    rows = []
+    for method in methods:
+        if method == "fp":
+            rows.append(Row("fp"))
+            continue
+        for label in bits:
+            label = label.upper()
+            if not (label.startswith("W") and "A" in label):
+                raise ValueError(f"bit setting {label!r} is not of the form W4A4")
+            w, a = label[1:].split("A")
+            recipe = Recipe(method=method, weights=WeightSpec(bits=int(w)),
+                            activations=ActivationSpec(bits=int(a)))
+            rows.append(Row(f"{method} {label}", recipe))
+    return rows
+
+
+def cmd_evaluate(args) -> int:
+    from adatsq.eval.report import compare, markdown_table
+
+    if args.per_category <= 0:
+        raise ValueError("--per-category must be positive")
+    rows = _rows(args.methods.split(","), args.bits.split(","))
+    report = compare(args.model, rows, args.per_category, args.out, seed=args.seed,
+                     steps=args.steps, artifacts_dir=args.artifacts)
+    print(markdown_table(report))
+    print(f"wrote {args.out}/report.json, report.md, samples.png")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adatsq", description="Post-training quantization of "
+                                     "Diffusion Transformers: AdaTSQ and its baselines.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("zoo", help="list the embedded models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_zoo)
+
+    p = sub.add_parser("generate", help="generate images from prompts")
+    p.add_argument("model", nargs="?", help="zoo name, local diffusers folder or hub id")
+    p.add_argument("--artifact", help="a quantized artifact directory instead of a model")
+    p.add_argument("--prompt", action="append")
+    p.add_argument("--prompts-file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--out", default="samples.png")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("quantize", help="quantize a model and write an artifact directory")
+    p.add_argument("model")
+    p.add_argument("--method", default="rtn")
+    p.add_argument("--w-bits", type=int, default=4)
+    p.add_argument("--a-bits", type=int, default=4)
+    p.add_argument("--calib-prompts", type=int, default=32)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--options", help="method options as JSON, e.g. '{\"alpha\": 0.5}'")
+    p.add_argument("--recipe", help="a recipe file (JSON or YAML) instead of the flags")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("evaluate", help="compare methods side by side on a zoo model")
+    p.add_argument("model")
+    p.add_argument("--methods", default="fp,rtn")
+    p.add_argument("--bits", default="W8A8,W4A4,W3A3")
+    p.add_argument("--per-category", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--artifacts", help="save the artifact of every quantized row here")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from adatsq.io import ArtifactError
+
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, ArtifactError, TypeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"adatsq: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""Side-by-side evaluation of quantization configurations and the reports it writes.
+
+Every row is produced the same way: a fresh pipeline, ``quantize_`` with the row's recipe (none for
+``fp``), the evaluation prompts sampled with identical seeds, DigitEval, fidelity to the FP images
+(PSNR, SSIM), Fréchet distance to the real held-out scenes of the same prompts, and the size of the
+weights as stored. Outputs: ``report.json`` (schema below), ``report.md`` and ``samples.png``.
+
+``report.json``: ``{"model", "steps", "num_prompts", "rows": [{"method", "w_bits", "a_bits",
+"psnr", "ssim", "fd", "model_bytes", "eval": {category: score, ..., "total"}, "eval_se",
+"seconds", "granularity", ...}]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adatsq.config import Recipe
+from adatsq.eval import digiteval, fidelity
+from adatsq.eval.plots import sample_grid
+from adatsq.quant.primitives import FULL_PRECISION
+from adatsq.zoo import scenes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration to evaluate: a label and a recipe (``None`` = full precision)."""
+
+    label: str
+    recipe: Recipe | None = None
+
+
+def write_json(data: Any, path: Path) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _fmt(x, digits=3):
+    if x is None:
+        return "-"
+    if isinstance(x, float) and not np.isfinite(x):
+        return "inf"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The rows of a report as a Markdown table."""
+    cats = list(scenes.CATEGORIES)
+    head = ["method", "W/A", *cats, "total", "±se", "PSNR", "SSIM", "FD", "MB", "s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["rows"]:
+        a = r["a_bits"]
+        bits = f"{r['w_bits']}/{a:g}" if a == int(a) else f"{r['w_bits']}/{a:.2f}"
+        cells = [r["method"], bits, *[_fmt(r["eval"][c], 2) for c in cats], _fmt(r["eval"]["total"]),
+                 _fmt(r["eval_se"]), _fmt(r["psnr"], 2), _fmt(r["ssim"]), _fmt(r["fd"], 2),
+                 _fmt(r["model_bytes"] / 1e6, 2), _fmt(r["seconds"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _showcase(n_per_category: int, per_category: int = 2) -> list[int]:
+    return [c * n_per_category + i for c in range(len(scenes.CATEGORIES))
+            for i in range(min(per_category, n_per_category))]
+
+
+def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Path,
+            seed: int = 0, steps: int | None = None, progress: bool = True,
+            artifacts_dir: str | Path | None = None) -> dict[str, Any]:
+    """Evaluates ``rows`` on ``model`` and writes the reports to ``out_dir``.
+
+    Args:
+        model: a zoo name.
+        n_per_category: evaluation prompts per GenEval category.
+        seed: noise seed shared by every row.
+        artifacts_dir: if given, the artifact of every quantized row is saved there.
+    """
+    from adatsq import io
+    from adatsq.pipeline import load_pipeline, quantize_
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evaluation = scenes.make_scenes(n_per_category, scenes.EVAL_SEED)
+    prompts = [s.prompt for s in evaluation]
+    specs = [s.spec for s in evaluation]
+    real = np.stack([s.image for s in evaluation])
+    fp_images = None
+    steps_used = None
+    report_rows, grid = [], {}
+    show = _showcase(n_per_category)
+    for row in rows:
+        pipe = load_pipeline(model)
+        steps_used = steps or pipe.default_steps
+        t0 = time.time()
+        if row.recipe is not None:
+            recipe = row.recipe
+            if recipe.calibration.steps is None and steps is not None:
+                from dataclasses import replace
+
+                recipe = replace(recipe, calibration=replace(recipe.calibration, steps=steps))
+            policy = quantize_(pipe, recipe, progress=progress)
+            w_bits, a_bits = policy.weight_bits, policy.average_activation_bits
+            settings = policy.settings
+        else:
+            policy, w_bits, a_bits, settings = None, FULL_PRECISION, float(FULL_PRECISION), {}
+        seconds = time.time() - t0
+        images = pipe.generate(prompts, seed=seed, steps=steps_used,
+                               progress=f"{row.label}: sampling" if progress else False)
+        result = digiteval.evaluate(images, specs)
+        if fp_images is None and row.recipe is None:
+            fp_images = images
+        entry = {
+            "method": row.recipe.method if row.recipe else "fp",
+            "label": row.label,
+            "w_bits": int(w_bits),
+            "a_bits": round(float(a_bits), 4),
+            "psnr": None if row.recipe is None or fp_images is None
+            else fidelity.psnr(images, fp_images),
+            "ssim": None if row.recipe is None or fp_images is None
+            else fidelity.ssim(images, fp_images),
+            "fd": fidelity.frechet_distance(images, real),
+            "model_bytes": io.model_bytes(pipe.transformer),
+            "eval": {**result.category_scores, "total": result.total},
+            "eval_se": result.total_se,
+            "seconds": round(seconds, 2),
+            "granularity": settings.get("granularity"),
+        }
+        extra = {k: v for k, v in settings.items() if k in ("search", "options")}
+        if row.recipe is not None and row.recipe.options:
+            extra["options"] = row.recipe.options
+        entry.update(extra)
+        report_rows.append(entry)
+        grid[f"{row.label}"] = images[show].numpy()
+        log.info("%s: total %.3f", row.label, result.total)
+        if artifacts_dir is not None and policy is not None:
+            io.save(pipe.transformer, policy, Path(artifacts_dir) / row.label, pipe.source())
+        report = {"model": model, "steps": steps_used, "num_prompts": len(prompts),
+                  "seed": seed, "rows": report_rows}
+        _write(report, grid, [prompts[i] for i in show], out_dir)
+    return report
+
+
+def _write(report: dict[str, Any], grid: dict[str, np.ndarray], prompts: list[str], out_dir: Path):
+    write_json(report, out_dir / "report.json")
+    md = (f"# {report['model']}: {report['num_prompts']} prompts, {report['steps']} steps\n\n"
+          f"{markdown_table(report)}\n\nDigitEval (GenEval analog) per category and total; "
+          "PSNR/SSIM against the FP images (same seeds); FD: Fréchet distance to real held-out "
+          "scenes in the classifier's feature space; MB: weights as stored; s: quantization time.\n")
+    tmp = out_dir / "report.md.tmp"
+    tmp.write_text(md)
+    os.replace(tmp, out_dir / "report.md")
+    sample_grid(grid, prompts, out_dir / "samples.png",
+                title=f"{report['model']}: rows = methods, columns = prompts")
+
+
+@torch.no_grad()
+def activation_outliers(pipeline, prompts: list[str], steps: int | None = None,
+                        seed: int = 0) -> dict[str, Any]:
+    """Channel max / median channel max of every quantizable layer's input, per step."""
+    from adatsq.calib.capture import CaptureConfig, capture
+
+    stats = capture(pipeline, prompts, seed=seed, steps=steps,
+                    config=CaptureConfig(hessian="none", samples_per_step=0), progress=False)
+    ratio = {}
+    for name in stats.layers:
+        a = stats.absmax[name]  # (T, d_in)
+        ratio[name] = (a.amax(1) / a.median(1).values.clamp_min(1e-8)).tolist()
+    ranges = {n: (stats.minmax[n][:, 1] - stats.minmax[n][:, 0]).tolist() for n in stats.layers}
+    return {"outlier_ratio": ratio, "range": ranges, "sigmas": stats.sigmas.tolist()}

@@ -1,0 +1,202 @@
+"""Artifacts: a quantized transformer as packed safetensors + ``manifest.json`` + ``policy.json``.
+
+Layout of an artifact directory::
+
+    model.safetensors   quantized layers: b-bit codes packed densely into bytes (``*.qweight``),
+                        FP16 scales and zero points, FP16 bias / smoothing / low-rank / ranges;
+                        every other transformer parameter in FP16
+    manifest.json       format version, model, transformer class and config, per-layer layout,
+                        SHA-256 of model.safetensors
+    policy.json         the policy (per-step activation bits, recipe, settings)
+
+Quantization rounds every stored float to FP16 before the model is used, so that loading an
+artifact gives a model whose outputs are bit-exact to the model that was saved. Writing goes to a
+temporary directory renamed at the end: a failed save leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from adatsq.policy import Policy
+from adatsq.quant.primitives import FULL_PRECISION, pack_codes, unpack_codes
+from adatsq.quant.qlinear import ActivationQuant, QuantLinear
+
+FORMAT = "adatsq-artifact"
+FORMAT_VERSION = 1
+STORAGE_DTYPE = torch.float16
+_OPTIONAL = ("bias", "smooth", "lowrank_down", "lowrank_up", "static_ranges")
+
+
+class ArtifactError(ValueError):
+    """A missing, corrupt or mismatched artifact."""
+
+
+def round_to_storage_(model: nn.Module) -> nn.Module:
+    """Rounds every float parameter and buffer to FP16-representable values, in place."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.is_floating_point():
+                t.copy_(t.to(STORAGE_DTYPE).to(t.dtype))
+        for m in model.modules():
+            if isinstance(m, QuantLinear) and m.weight_bits != FULL_PRECISION:
+                m.refresh_weight()
+    return model
+
+
+def _layer_meta(q: QuantLinear) -> dict[str, Any]:
+    a = q.activation
+    return {"in_features": q.in_features, "out_features": q.out_features,
+            "weight_bits": q.weight_bits, "group_size": q.group_size,
+            "rotate_input": q.rotate_input,
+            "activation": {"granularity": a.granularity, "symmetric": a.symmetric,
+                           "group_size": a.group_size},
+            "tensors": [k for k in _OPTIONAL if getattr(q, k) is not None]}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save(model: nn.Module, policy: Policy, path: str | Path, source: dict[str, Any]) -> Path:
+    """Writes the artifact of a quantized ``model`` to directory ``path``.
+
+    Args:
+        source: how to rebuild the transformer skeleton: ``{"model": name or path,
+            "model_class": ..., "config": {...}}``.
+    """
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, Any] = {}
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    for name, q in quantized.items():
+        layers[name] = _layer_meta(q)
+        if q.weight_bits == FULL_PRECISION:
+            tensors[f"{name}.weight"] = q.weight.to(STORAGE_DTYPE)
+        else:
+            tensors[f"{name}.qweight"] = pack_codes(q.codes, q.weight_bits)
+            tensors[f"{name}.scale"] = q.scale.to(STORAGE_DTYPE)
+            tensors[f"{name}.zero"] = q.zero.to(STORAGE_DTYPE)
+        for key in layers[name]["tensors"]:
+            tensors[f"{name}.{key}"] = getattr(q, key).to(STORAGE_DTYPE)
+    prefixes = tuple(f"{n}." for n in quantized)
+    for key, value in model.state_dict().items():
+        if not key.startswith(prefixes):
+            tensors[key] = value.to(STORAGE_DTYPE) if value.is_floating_point() else value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+        manifest = {"format": FORMAT, "version": FORMAT_VERSION, **source, "layers": layers,
+                    "sha256": _sha256(tmp / "model.safetensors")}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        policy.save(tmp / "policy.json")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of artifact ``path``, validated; raises :class:`ArtifactError`."""
+    path = Path(path)
+    if not (path / "manifest.json").is_file():
+        raise ArtifactError(f"{path} is not an artifact directory (no manifest.json); "
+                            "create one with 'adatsq quantize'")
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}/manifest.json is corrupt ({exc.msg})") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path} is not a version-{FORMAT_VERSION} adatsq artifact")
+    return manifest
+
+
+def load_quantized(skeleton: nn.Module, path: str | Path) -> tuple[nn.Module, Policy]:
+    """Loads artifact ``path`` into ``skeleton`` (the transformer built from the manifest's class
+    and config) and returns it with its policy; verifies the checksum and every shape."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    weights = path / "model.safetensors"
+    if not weights.is_file() or _sha256(weights) != manifest["sha256"]:
+        raise ArtifactError(f"{weights} is missing or does not match its manifest checksum; "
+                            "the artifact is corrupt, re-create it with 'adatsq quantize'")
+    try:
+        policy = Policy.load(path / "policy.json")
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}/policy.json: {exc}") from None
+    tensors = load_file(str(weights))
+    modules = dict(skeleton.named_modules())
+    from adatsq.pipeline import set_module
+
+    for name, meta in manifest["layers"].items():
+        linear = modules.get(name)
+        if not isinstance(linear, nn.Linear) or (linear.out_features, linear.in_features) != (
+                meta["out_features"], meta["in_features"]):
+            raise ArtifactError(f"artifact layer {name} does not match the transformer "
+                                f"({type(linear).__name__}); wrong model for this artifact?")
+        extra = {k: tensors[f"{name}.{k}"].float() for k in meta["tensors"]}
+        lowrank = None
+        if "lowrank_down" in extra:
+            lowrank = (extra.pop("lowrank_down"), extra.pop("lowrank_up"))
+        a = meta["activation"]
+        bits = policy.layers[name].activation_bits if name in policy.layers else (FULL_PRECISION,)
+        activation = ActivationQuant(bits[0] if len(set(bits)) == 1 else tuple(bits),
+                                     a["granularity"], a["symmetric"], a["group_size"])
+        common = dict(bias=extra.pop("bias", None), activation=activation,
+                      rotate_input=meta["rotate_input"], lowrank=lowrank, **extra)
+        if meta["weight_bits"] == FULL_PRECISION:
+            q = QuantLinear(meta["in_features"], meta["out_features"], weight_bits=FULL_PRECISION,
+                            weight=tensors[f"{name}.weight"].float(), **common)
+        else:
+            codes = unpack_codes(tensors[f"{name}.qweight"], meta["weight_bits"],
+                                 (meta["out_features"], meta["in_features"]))
+            q = QuantLinear(meta["in_features"], meta["out_features"],
+                            weight_bits=meta["weight_bits"], codes=codes,
+                            scale=tensors[f"{name}.scale"].float(),
+                            zero=tensors[f"{name}.zero"].float(), **common)
+        set_module(skeleton, name, q)
+    prefixes = tuple(f"{n}." for n in manifest["layers"])
+    rest = {k: v for k, v in tensors.items() if not k.startswith(prefixes)}
+    dtype = next(skeleton.parameters()).dtype
+    rest = {k: v.to(dtype) if v.is_floating_point() else v for k, v in rest.items()}
+    missing, unexpected = skeleton.load_state_dict(rest, strict=False)
+    missing = [k for k in missing if not k.startswith(prefixes)]
+    if missing or unexpected:
+        raise ArtifactError(f"artifact tensors do not match the transformer (missing "
+                            f"{missing[:3]}, unexpected {unexpected[:3]})")
+    return skeleton.eval().requires_grad_(False), policy
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of the transformer's weights as stored: packed codes, FP16 for everything else."""
+    total = 0
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    for q in quantized.values():
+        if q.weight_bits == FULL_PRECISION:
+            total += q.weight.numel() * 2
+        else:
+            total += (q.codes.numel() * q.weight_bits + 7) // 8 + (q.scale.numel() + q.zero.numel()) * 2
+        total += sum(getattr(q, k).numel() * 2 for k in _OPTIONAL if getattr(q, k) is not None)
+    prefixes = tuple(f"{n}." for n in quantized)
+    for key, value in model.state_dict().items():
+        if not key.startswith(prefixes):
+            total += value.numel() * (2 if value.is_floating_point() else value.element_size())
+    return total

@@ -1,0 +1,90 @@
+"""What a quantization method is: a small object that turns calibration statistics into layers.
+
+Every method shares one driver (:func:`adatsq.pipeline.quantize_`): capture (if the method needs
+calibration), ``prepare``, ``quantize_layer`` for each quantizable layer, ``finalize``. Methods
+never see model classes, only layers, their names and statistics.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from torch import nn
+
+from adatsq.calib.capture import CalibrationStats
+from adatsq.config import NoOptions, Recipe
+from adatsq.quant.qlinear import ActivationQuant, QuantLinear, StepTracker
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+class Method(ABC):
+    """Base class of the quantization methods.
+
+    Attributes:
+        name: registry name (``rtn``, ``gptq``, ...), also the ``method`` of report rows.
+        source: the paper and repository whose recommended settings the method follows.
+        options_class: frozen dataclass of the method's options.
+        capture: Hessian mode the method needs from calibration (``"none"`` for no Hessian);
+            ``None`` if the method needs no calibration at all.
+    """
+
+    name: ClassVar[str]
+    source: ClassVar[str] = ""
+    options_class: ClassVar[type] = NoOptions
+    capture: ClassVar[str | None] = None
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.options = self.options_class.from_dict(recipe.options)
+
+    def activation(self) -> ActivationQuant:
+        """The activation quantizer the recipe asks for."""
+        a = self.recipe.activations
+        return ActivationQuant(a.bits, a.granularity, a.symmetric, a.group_size)
+
+    def granularity(self) -> dict[str, str]:
+        """Weight and activation granularity, as recorded in report rows."""
+        w, a = self.recipe.weights, self.recipe.activations
+        wg = f"group {w.group_size}" if w.group_size else "per-channel"
+        ag = {"token": "per-token", "group": f"per-token group {a.group_size}",
+              "sample": "per-sample", "tensor": "per-tensor static"}[a.granularity]
+        return {"weights": f"{wg} {'sym' if w.symmetric else 'asym'}",
+                "activations": f"{ag} dynamic {'sym' if a.symmetric else 'asym'}"
+                if a.granularity != "tensor" else ag}
+
+    def prepare(self, pipeline, stats: CalibrationStats | None) -> None:
+        """Model-wide preparation before layers are quantized (default: nothing)."""
+
+    @abstractmethod
+    def quantize_layer(self, name: str, linear: nn.Linear, stats: CalibrationStats | None,
+                       tracker: StepTracker) -> QuantLinear:
+        """The quantized replacement of ``linear``."""
+
+    def finalize(self, pipeline, stats: CalibrationStats | None, tracker: StepTracker,
+                 layers: dict[str, QuantLinear]) -> dict[str, Any]:
+        """Model-wide work after all layers are quantized; returns settings for the policy."""
+        return {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry."""
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class called ``name``."""
+    from adatsq import methods  # noqa: F401  (registers every method)
+
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(_METHODS))}") from None
+
+
+def method_names() -> list[str]:
+    from adatsq import methods  # noqa: F401
+
+    return list(_METHODS)

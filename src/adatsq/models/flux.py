@@ -1,0 +1,57 @@
+"""Adapter for ``diffusers.FluxTransformer2DModel`` (Flux-Dev, Flux-Schnell and flux-digits)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adatsq.models.base import Adapter, Conditioning, register
+from adatsq.models.patches import grid_ids, pack, unpack
+
+
+@register
+class FluxAdapter(Adapter):
+    """Flux: double-stream (joint attention) then single-stream blocks.
+
+    Quantized: every linear of ``transformer_blocks`` and ``single_transformer_blocks`` except the
+    adaLN modulation linears (``norm1.linear``, ``norm1_context.linear``, ``norm.linear``), which
+    act once per sample on the timestep embedding. The embedders and the final projection stay in
+    full precision, as in SVDQuant and ViDiT-Q.
+
+    Conditioning keys: ``encoder_hidden_states`` (B, L, D) and ``pooled_projections`` (B, P).
+    The transformer receives ``timestep = sigma`` (the pipeline divides the scheduler's t by 1000).
+    """
+
+    name = "flux"
+    model_classes = ("FluxTransformer2DModel",)
+    block_lists = ("transformer_blocks", "single_transformer_blocks")
+    skip_suffixes = ("norm1.linear", "norm1_context.linear", "norm.linear")
+    patch = 4
+
+    def timestep_of(self, args, kwargs):
+        return kwargs["timestep"] if "timestep" in kwargs else args[3]
+
+    def model_timestep(self, sigma):
+        return sigma
+
+    def denoise(self, model: nn.Module, latents: torch.Tensor, cond: Conditioning,
+                sigma: torch.Tensor) -> torch.Tensor:
+        states = cond["encoder_hidden_states"]
+        tokens = latents.shape[1]
+        side = int(round(tokens**0.5))
+        kwargs = {}
+        if getattr(model.config, "guidance_embeds", False):
+            kwargs["guidance"] = cond.get("guidance", torch.full_like(sigma, 3.5))
+        return model(hidden_states=latents, encoder_hidden_states=states,
+                     pooled_projections=cond["pooled_projections"],
+                     timestep=self.model_timestep(sigma).to(latents.dtype),
+                     img_ids=grid_ids(side, tokens // side).to(latents.dtype),
+                     txt_ids=torch.zeros(states.shape[1], 3, dtype=latents.dtype),
+                     return_dict=False, **kwargs)[0]
+
+    def to_latents(self, images):
+        return pack(images, self.patch)
+
+    def from_latents(self, latents, image_shape):
+        c, h, w = image_shape
+        return unpack(latents, c, h, w, self.patch)

@@ -1,0 +1,71 @@
+"""A step-by-step flow-matching sampler (Euler, diffusers' ``FlowMatchEulerDiscreteScheduler``).
+
+It calls the transformer through its adapter, applies classifier-free guidance by batching the
+unconditional and conditional halves, and reports every step to an optional callback, which is how
+calibration records the trajectory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from torch import nn
+from tqdm import tqdm
+
+from adatsq.models.base import Adapter, Conditioning
+
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+"""``callback(step_index, sigma, latents)`` called before each transformer call."""
+
+
+def make_scheduler(steps: int, shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
+    """The scheduler with ``steps`` timesteps (sigmas from 1 to 1/steps, shifted)."""
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
+    """Noise levels (steps,) at which the transformer is called."""
+    return make_scheduler(steps, shift).sigmas[:steps].clone()
+
+
+def _cat(a: Conditioning, b: Conditioning) -> Conditioning:
+    return {k: torch.cat([a[k], b[k]]) for k in b}
+
+
+@torch.no_grad()
+def sample(adapter: Adapter, model: nn.Module, noise: torch.Tensor, cond: Conditioning,
+           uncond: Conditioning | None, steps: int, guidance_scale: float = 1.0,
+           shift: float = 1.0, callback: StepCallback | None = None,
+           progress: bool | str = False) -> torch.Tensor:
+    """Integrates from ``noise`` (B, N, C) to clean latents.
+
+    Args:
+        uncond: conditioning of the empty prompt (batch 1 or B); needed when ``guidance_scale != 1``.
+        progress: show a bar per step (a string is used as its label).
+    """
+    scheduler = make_scheduler(steps, shift)
+    x = noise
+    b = x.shape[0]
+    guided = guidance_scale != 1.0
+    if guided:
+        if uncond is None:
+            raise ValueError("classifier-free guidance needs the unconditional conditioning")
+        uncond = {k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}
+        both = _cat(uncond, cond)
+    label = progress if isinstance(progress, str) else "sampling"
+    for i, t in enumerate(tqdm(scheduler.timesteps, desc=label, disable=not progress, leave=False)):
+        sigma = torch.full((b,), float(t) / 1000.0)
+        if callback is not None:
+            callback(i, sigma, x)
+        if guided:
+            v = adapter.denoise(model, torch.cat([x, x]), both, torch.cat([sigma, sigma]))
+            v_uncond, v_cond = v.chunk(2)
+            v = v_uncond + guidance_scale * (v_cond - v_uncond)
+        else:
+            v = adapter.denoise(model, x, cond, sigma)
+        x = scheduler.step(v, t, x, return_dict=False)[0]
+    return x

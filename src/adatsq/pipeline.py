@@ -1,0 +1,151 @@
+"""The quantization flow shared by every method, and model loading by name.
+
+``quantize_(pipeline, recipe)``: calibration capture (if the method needs it) -> method preparation
+-> every quantizable layer replaced by its quantized version (a bar per layer) -> method
+finalisation (e.g. AdaTSQ's search) -> a :class:`~adatsq.policy.Policy` describing the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from torch import nn
+from tqdm import tqdm
+
+from adatsq.calib.capture import CaptureConfig, capture
+from adatsq.config import Recipe
+from adatsq.io import round_to_storage_
+from adatsq.methods import get_method
+from adatsq.policy import LayerPolicy, Policy
+from adatsq.quant.primitives import FULL_PRECISION
+from adatsq.quant.qlinear import QuantLinear, StepTracker
+
+log = logging.getLogger(__name__)
+
+
+def load_pipeline(model: str):
+    """A pipeline for ``model``: a zoo name, a local diffusers folder or a hub id."""
+    from adatsq.zoo import registry
+    from adatsq.zoo.pipeline import DigitPipeline
+
+    if model in registry.ENTRIES:
+        return DigitPipeline.from_zoo(model)
+    if Path(model).exists() or "/" in model:
+        from adatsq.models.pipelines import load_diffusers_pipeline
+
+        return load_diffusers_pipeline(model)
+    raise ValueError(f"unknown model {model!r}: not a zoo model ({', '.join(registry.ENTRIES)}), "
+                     "a local folder or a hub id; see 'adatsq zoo'")
+
+
+def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Replaces the submodule at dotted path ``name``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def attach_tracker(model: nn.Module, adapter, schedule) -> StepTracker:
+    """Shares one :class:`StepTracker` among the quantized layers of ``model`` (replacing any)."""
+    old = getattr(model, "_adatsq_tracker_handle", None)
+    if old is not None:
+        old.remove()
+    tracker = StepTracker(schedule)
+    model._adatsq_tracker_handle = tracker.attach(model, adapter.timestep_of)
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.tracker = tracker
+    return tracker
+
+
+def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None) -> Policy:
+    """Quantizes ``pipeline.transformer`` in place with ``recipe``; returns the policy.
+
+    Args:
+        pipeline: a zoo or diffusers pipeline (see :func:`load_pipeline`).
+        recipe: what to do.
+        stats: calibration statistics to reuse (captured if the method needs them and none given).
+
+    Example:
+        >>> pipe = load_pipeline("flux-digits")
+        >>> policy = quantize_(pipe, Recipe(method="rtn"))
+        >>> policy.average_activation_bits
+        4.0
+    """
+    t0 = time.time()
+    method = get_method(recipe.method)(recipe)
+    model = pipeline.transformer
+    adapter = pipeline.adapter
+    steps = recipe.calibration.steps or pipeline.default_steps
+    layers = adapter.quantizable_layers(model)
+    if any(isinstance(m, QuantLinear) for m in layers.values()):
+        raise ValueError("this transformer is already quantized; load a fresh one")
+    if method.capture is not None and stats is None:
+        prompts = pipeline.calibration_prompts(recipe.calibration.num_prompts, recipe.calibration.seed)
+        stats = capture(pipeline, prompts, seed=recipe.calibration.seed, steps=steps,
+                        config=CaptureConfig(hessian=method.capture), progress=progress)
+    tracker = StepTracker(pipeline.schedule(steps))
+    method.prepare(pipeline, stats)
+    quantized = {}
+    for name, linear in tqdm(layers.items(), desc=f"{recipe.method} {recipe.label}",
+                             disable=not progress, leave=False):
+        q = method.quantize_layer(name, linear, stats, tracker)
+        set_module(model, name, q)
+        quantized[name] = q
+    tracker = attach_tracker(model, adapter, tracker.schedule)
+    round_to_storage_(model)
+    settings = method.finalize(pipeline, stats, tracker, quantized) or {}
+    settings = {"granularity": method.granularity(), "source": method.source, **settings,
+                "seconds": time.time() - t0}
+    policy = policy_of(model, pipeline, recipe, tracker.schedule, settings)
+    log.info("%s %s done in %.1fs", recipe.method, recipe.label, settings["seconds"])
+    return policy
+
+
+def policy_of(model: nn.Module, pipeline, recipe: Recipe, schedule, settings) -> Policy:
+    """The policy describing the quantized layers of ``model`` as they are now."""
+    T = len(schedule)
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear):
+            bits = module.activation.bits
+            per_step = (bits,) * T if isinstance(bits, int) else tuple(bits)
+            layers[name] = LayerPolicy(module.weight_bits, per_step)
+    return Policy(model=pipeline.name, method=recipe.method,
+                  schedule=tuple(float(t) for t in schedule), layers=layers,
+                  recipe=recipe.to_dict(), settings=settings)
+
+
+def average_bits(policy: Policy) -> tuple[int, float]:
+    """(weight bits, average activation bits) of a policy (16/16 for an empty one)."""
+    if not policy.layers:
+        return FULL_PRECISION, float(FULL_PRECISION)
+    return policy.weight_bits, policy.average_activation_bits
+
+
+def load_artifact(path: str | Path):
+    """A pipeline whose transformer is the quantized model stored in artifact ``path``."""
+    import diffusers
+
+    from adatsq import io
+
+    manifest = io.read_manifest(path)
+    try:
+        cls = getattr(diffusers, manifest["model_class"])
+        skeleton = cls(**manifest["config"])
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise io.ArtifactError(f"{path}: cannot rebuild the transformer ({exc})") from None
+    transformer, policy = io.load_quantized(skeleton, path)
+    from adatsq.zoo import registry
+    from adatsq.zoo.pipeline import DigitPipeline
+
+    if manifest["model"] in registry.ENTRIES:
+        pipe = DigitPipeline(registry.get(manifest["model"]), transformer)
+    else:
+        from adatsq.models.pipelines import load_diffusers_pipeline
+
+        pipe = load_diffusers_pipeline(manifest["model"], transformer=transformer)
+    attach_tracker(transformer, pipe.adapter, policy.schedule)
+    return pipe, policy

@@ -1,0 +1,187 @@
+"""Uniform fake quantization of weights and activations, and bit packing of integer codes.
+
+Conventions (those of the GPTQ reference): a b-bit code ``q`` is an integer in ``[0, 2^b - 1]`` and
+dequantizes to ``scale * (q - zero)``. Symmetric quantization fixes ``zero = 2^(b-1)``; asymmetric
+(MinMax) quantization fits ``scale`` and an integer ``zero`` to the range ``[min, max]``. A bit width
+of 16 means "not quantized" everywhere in the package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+FULL_PRECISION = 16
+VALID_BITS = (2, 3, 4, 5, 6, 7, 8, FULL_PRECISION)
+
+
+def check_bits(bits: int | float, what: str = "bit width") -> int:
+    """Returns ``bits`` as int or raises ``ValueError`` naming the allowed values."""
+    if int(bits) != bits or int(bits) not in VALID_BITS:
+        raise ValueError(f"{what} must be an integer in 2..8 or 16 (off), got {bits!r}")
+    return int(bits)
+
+
+def qparams(xmin: torch.Tensor, xmax: torch.Tensor, bits: int,
+            symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero point for ranges ``[xmin, xmax]`` (any broadcastable shape)."""
+    maxq = 2**bits - 1
+    if symmetric:
+        amax = torch.maximum(xmin.abs(), xmax.abs())
+        scale = 2 * amax / maxq
+        zero = torch.full_like(scale, float(2 ** (bits - 1)))
+    else:
+        xmin = torch.minimum(xmin, torch.zeros_like(xmin))
+        xmax = torch.maximum(xmax, torch.zeros_like(xmax))
+        scale = (xmax - xmin) / maxq
+        zero = torch.round(-xmin / scale.clamp_min(1e-12))
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # constant slices stay exact
+    return scale, zero
+
+
+def quantize_codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes ``clamp(round(x / scale) + zero, 0, 2^b - 1)`` (float dtype)."""
+    return torch.clamp(torch.round(x / scale) + zero, 0, 2**bits - 1)
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Quantize-dequantize ``x`` with the given parameters."""
+    return scale * (quantize_codes(x, scale, zero, bits) - zero)
+
+
+@dataclass(frozen=True)
+class WeightQuantizer:
+    """Per-output-channel (or per-group) uniform weight quantizer for ``W`` of shape (out, in).
+
+    Args:
+        bits: 2..8, or 16 to leave weights unquantized.
+        symmetric: symmetric around zero (True) or MinMax with a zero point (False).
+        group_size: input columns sharing one scale per row; ``None`` = one scale per row.
+        clip_ratio: shrink factor of the range (1.0 = plain MinMax).
+
+    Example:
+        >>> W = torch.randn(8, 16)
+        >>> Wq = WeightQuantizer(bits=4)(W)
+        >>> bool((W - Wq).abs().max() < W.abs().max() / 7 + 1e-6)
+        True
+    """
+
+    bits: int = 4
+    symmetric: bool = True
+    group_size: int | None = None
+    clip_ratio: float = 1.0
+
+    def __post_init__(self):
+        check_bits(self.bits, "weight bit width")
+        if self.group_size is not None and self.group_size <= 0:
+            raise ValueError(f"group_size must be positive or None, got {self.group_size}")
+        if not 0.0 < self.clip_ratio <= 1.0:
+            raise ValueError(f"clip_ratio must be in (0, 1], got {self.clip_ratio}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.bits != FULL_PRECISION
+
+    def params(self, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row-wise scale and zero (out, 1) fitted to all columns of ``W`` (out, k)."""
+        xmin = W.amin(dim=1, keepdim=True) * self.clip_ratio
+        xmax = W.amax(dim=1, keepdim=True) * self.clip_ratio
+        return qparams(xmin, xmax, self.bits, self.symmetric)
+
+    def group_params(self, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scales and zeros (out, n_groups) for the whole matrix."""
+        out, cols = W.shape
+        g = self.group_size or cols
+        if cols % g:
+            raise ValueError(f"group_size {g} does not divide the {cols} input columns")
+        Wg = W.reshape(out, cols // g, g)
+        scale, zero = self.params(Wg.reshape(-1, g))
+        return scale.reshape(out, cols // g), zero.reshape(out, cols // g)
+
+    def codes(self, W: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        """Integer codes (out, in) for per-group parameters (out, n_groups)."""
+        g = W.shape[1] // scale.shape[1]
+        s = scale.repeat_interleave(g, dim=1)
+        z = zero.repeat_interleave(g, dim=1)
+        return quantize_codes(W, s, z, self.bits)
+
+    def __call__(self, W: torch.Tensor) -> torch.Tensor:
+        """Round-to-nearest fake quantization of the whole matrix."""
+        if not self.enabled:
+            return W
+        scale, zero = self.group_params(W)
+        g = W.shape[1] // scale.shape[1]
+        return dequantize(self.codes(W, scale, zero), scale, zero, g).to(W.dtype)
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
+    """Weights from codes (out, in) and per-group parameters (out, in / group)."""
+    return scale.repeat_interleave(group, dim=1) * (codes - zero.repeat_interleave(group, dim=1))
+
+
+ACTIVATION_GRANULARITIES = ("token", "group", "sample", "tensor")
+
+
+def quantize_activation(x: torch.Tensor, bits: int, granularity: str = "token",
+                        symmetric: bool = False, group_size: int = 64,
+                        static_range: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Fake-quantizes activations ``x`` (..., d).
+
+    Args:
+        bits: 2..8; 16 returns ``x`` unchanged.
+        granularity: ``"token"`` (one range per token, dynamic), ``"group"`` (per token and group of
+            ``group_size`` channels, dynamic), ``"sample"`` (one range per sample, dynamic) or
+            ``"tensor"`` (one static range, from ``static_range``).
+        symmetric: symmetric ranges instead of MinMax with a zero point.
+        static_range: ``(min, max)`` scalars for ``"tensor"``.
+    """
+    if bits == FULL_PRECISION:
+        return x
+    if granularity == "token":
+        lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    elif granularity == "group":
+        d = x.shape[-1]
+        if d % group_size:
+            return quantize_activation(x, bits, "token", symmetric)
+        xg = x.reshape(*x.shape[:-1], d // group_size, group_size)
+        lo, hi = xg.amin(-1, keepdim=True), xg.amax(-1, keepdim=True)
+        scale, zero = qparams(lo, hi, bits, symmetric)
+        return fake_quant(xg, scale, zero, bits).reshape(x.shape)
+    elif granularity == "sample":
+        flat = x.reshape(x.shape[0], -1)
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        lo, hi = flat.amin(1).reshape(shape), flat.amax(1).reshape(shape)
+    elif granularity == "tensor":
+        if static_range is None:
+            raise ValueError("static per-tensor activation quantization needs a calibrated range")
+        lo, hi = static_range
+    else:
+        raise ValueError(f"unknown activation granularity {granularity!r}; "
+                         f"use one of {', '.join(ACTIVATION_GRANULARITIES)}")
+    scale, zero = qparams(lo, hi, bits, symmetric)
+    return fake_quant(x, scale, zero, bits)
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Packs integer codes in ``[0, 2^bits)`` densely into uint8 (``ceil(n * bits / 8)`` bytes)."""
+    check_bits(bits)
+    flat = codes.reshape(-1).to(torch.int64).numpy().astype(np.uint8)
+    if flat.size and int(flat.max()) >= 2**bits:
+        raise ValueError(f"code {int(flat.max())} does not fit in {bits} bits")
+    planes = np.unpackbits(flat[:, None], axis=1, bitorder="little")[:, :bits]  # (n, bits)
+    return torch.from_numpy(np.packbits(planes.reshape(-1), bitorder="little"))
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`: uint8 codes of ``shape``."""
+    n = int(np.prod(shape))
+    need = (n * bits + 7) // 8
+    if packed.numel() != need:
+        raise ValueError(f"packed buffer has {packed.numel()} bytes, {need} expected for "
+                         f"{n} codes of {bits} bits")
+    stream = np.unpackbits(packed.numpy().astype(np.uint8), bitorder="little")[: n * bits]
+    planes = np.zeros((n, 8), np.uint8)
+    planes[:, :bits] = stream.reshape(n, bits)
+    return torch.from_numpy(np.packbits(planes, axis=1, bitorder="little").reshape(shape))

@@ -1,0 +1,188 @@
+"""A quantized linear layer whose activation bit width can change with the sampling timestep.
+
+The layer computes ``y = Q_w(W') Q_a(T(x)) + b (+ L2 L1 T(x))`` where ``T`` is an optional input
+transform (division by per-channel smoothing factors, then an orthogonal Hadamard rotation, both
+folded into ``W'`` offline), ``Q_a`` the activation fake-quantizer at the bit width of the current
+timestep, and ``L2 L1`` an optional 16-bit low-rank branch (SVDQuant).
+
+The current timestep index comes from a :class:`StepTracker` shared by all layers of a model. The
+tracker is updated by a forward pre-hook on the transformer from the *timestep value* the
+transformer is called with (matched to the nearest entry of the schedule), so the layer works inside
+any sampling loop, including diffusers' own pipelines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from adatsq.quant.primitives import (
+    FULL_PRECISION,
+    WeightQuantizer,
+    dequantize,
+    quantize_activation,
+)
+from adatsq.quant.rotation import rotate
+
+
+class StepTracker:
+    """Maps the timestep value of the current transformer call to a step index of the schedule.
+
+    Args:
+        schedule: the timestep values (T,) the transformer receives at steps 0..T-1.
+    """
+
+    def __init__(self, schedule: torch.Tensor):
+        self.schedule = torch.as_tensor(schedule, dtype=torch.float64).flatten()
+        self.index: int | None = None
+
+    def update(self, timestep: torch.Tensor | float) -> int:
+        t = float(torch.as_tensor(timestep).flatten()[0])
+        self.index = int(torch.argmin((self.schedule - t).abs()))
+        return self.index
+
+    def attach(self, model: nn.Module, timestep_of) -> torch.utils.hooks.RemovableHandle:
+        """Registers the pre-hook; ``timestep_of(args, kwargs)`` extracts the timestep."""
+
+        def hook(_module, args, kwargs):
+            self.update(timestep_of(args, kwargs))
+
+        return model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@dataclass(frozen=True)
+class ActivationQuant:
+    """How a layer quantizes its input.
+
+    Attributes:
+        bits: bit width per step (T,) as a tuple, or a single width for every step.
+        granularity: see :func:`adatsq.quant.primitives.quantize_activation`.
+        symmetric: symmetric ranges instead of MinMax.
+        group_size: channels per group for ``"group"``.
+    """
+
+    bits: tuple[int, ...] | int = FULL_PRECISION
+    granularity: str = "token"
+    symmetric: bool = False
+    group_size: int = 64
+
+    def bits_at(self, index: int | None) -> int:
+        if isinstance(self.bits, int):
+            return self.bits
+        if index is None:
+            return max(self.bits)  # outside a tracked call: the safest width
+        return self.bits[min(index, len(self.bits) - 1)]
+
+
+class QuantLinear(nn.Module):
+    """Fake-quantized replacement of an ``nn.Linear`` (see the module docstring).
+
+    Weights are held as integer codes with per-group scales and zero points (so they can be packed
+    exactly) or, for 16-bit weights, as a float matrix.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, weight_bits: int,
+                 codes: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                 zero: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None, activation: ActivationQuant = ActivationQuant(),
+                 tracker: StepTracker | None = None, smooth: torch.Tensor | None = None,
+                 rotate_input: bool = False, lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 static_ranges: torch.Tensor | None = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_bits = weight_bits
+        self.activation = activation
+        self.tracker = tracker
+        self.rotate_input = rotate_input
+        if weight_bits == FULL_PRECISION:
+            if weight is None:
+                raise ValueError("a 16-bit QuantLinear needs its float weight")
+            self.register_buffer("weight", weight.detach().clone())
+        else:
+            if codes is None or scale is None or zero is None:
+                raise ValueError("a quantized QuantLinear needs codes, scale and zero")
+            if codes.shape != (out_features, in_features):
+                raise ValueError(f"codes of shape {tuple(codes.shape)} do not match the layer "
+                                 f"({out_features}, {in_features})")
+            self.register_buffer("codes", codes.to(torch.uint8))
+            self.register_buffer("scale", scale.to(torch.float32))
+            self.register_buffer("zero", zero.to(torch.float32))
+            self.register_buffer("weight", torch.empty(0), persistent=False)
+            self.refresh_weight()
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.register_buffer("smooth", None if smooth is None else smooth.detach().clone())
+        self.register_buffer("lowrank_down", None if lowrank is None else lowrank[0].detach().clone())
+        self.register_buffer("lowrank_up", None if lowrank is None else lowrank[1].detach().clone())
+        self.register_buffer("static_ranges", static_ranges)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, weights, activation: ActivationQuant,
+                    tracker: StepTracker | None, *, weight: torch.Tensor | None = None,
+                    codes: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                    zero: torch.Tensor | None = None, **transforms) -> QuantLinear:
+        """A QuantLinear for ``linear`` under ``weights`` (a :class:`adatsq.config.WeightSpec`).
+
+        Round-to-nearest on ``weight`` (default: the layer's own; pass the transformed weight when
+        ``transforms`` such as ``smooth`` or ``rotate_input`` are given) unless a solver supplies
+        ``codes``, ``scale`` and ``zero``.
+        """
+        W = (linear.weight if weight is None else weight).detach().float()  # (out, in)
+        if weights.bits != FULL_PRECISION and codes is None:
+            quantizer = weight_quantizer(weights)
+            scale, zero = quantizer.group_params(W)
+            codes = quantizer.codes(W, scale, zero)
+        return cls(linear.in_features, linear.out_features, weight_bits=weights.bits, codes=codes,
+                   scale=scale, zero=zero, weight=W if weights.bits == FULL_PRECISION else None,
+                   bias=linear.bias, activation=activation, tracker=tracker, **transforms)
+
+    def refresh_weight(self) -> None:
+        """Recomputes the dequantized weight from codes, scale and zero."""
+        group = self.in_features // self.scale.shape[1]
+        self.weight = dequantize(self.codes.float(), self.scale, self.zero, group)
+
+    @property
+    def group_size(self) -> int | None:
+        if self.weight_bits == FULL_PRECISION:
+            return None
+        return self.in_features // self.scale.shape[1]
+
+    def transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input transform T(x) the stored weight expects."""
+        if self.smooth is not None:
+            x = x / self.smooth
+        if self.rotate_input:
+            x = rotate(x)
+        return x
+
+    def current_bits(self) -> int:
+        return self.activation.bits_at(self.tracker.index if self.tracker is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.transform_input(x)
+        bits = self.current_bits()
+        static = None
+        if self.static_ranges is not None:
+            idx = self.tracker.index if self.tracker is not None and self.tracker.index is not None else 0
+            lo, hi = self.static_ranges[min(idx, len(self.static_ranges) - 1)]
+            static = (lo, hi)
+        xq = quantize_activation(x, bits, self.activation.granularity, self.activation.symmetric,
+                                 self.activation.group_size, static)
+        y = nn.functional.linear(xq, self.weight.to(x.dtype), None if self.bias is None else
+                                 self.bias.to(x.dtype))
+        if self.lowrank_down is not None:
+            y = y + (x @ self.lowrank_down.T.to(x.dtype)) @ self.lowrank_up.T.to(x.dtype)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, w_bits={self.weight_bits}, "
+                f"a_bits={self.activation.bits if isinstance(self.activation.bits, int) else 'per-step'}, "
+                f"granularity={self.activation.granularity}, rotate={self.rotate_input}, "
+                f"smooth={self.smooth is not None}, lowrank={self.lowrank_down is not None}")
+
+
+
+def weight_quantizer(spec) -> WeightQuantizer:
+    """The :class:`WeightQuantizer` of a :class:`adatsq.config.WeightSpec`."""
+    return WeightQuantizer(spec.bits, spec.symmetric, spec.group_size)

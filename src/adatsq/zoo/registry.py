@@ -1,0 +1,137 @@
+"""The embedded models: what each is, how it is built, trained and loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from adatsq.models import adapter_for
+from adatsq.zoo import scenes
+from adatsq.zoo.text import MiniLMEncoder
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One embedded model.
+
+    Attributes:
+        name: zoo name, e.g. ``"flux-digits"``.
+        model_class: diffusers class name of the transformer.
+        transformer_config: keyword arguments of that class.
+        weights: file stem under ``zoo/weights`` (several entries may share weights).
+        steps: default number of sampling steps.
+        guidance_scale: classifier-free guidance scale (1.0 = off).
+        patch: pixel patch side packed into one token.
+        text_length: text tokens (MiniLM positions, padded).
+        description: one line for ``adatsq zoo``.
+    """
+
+    name: str
+    model_class: str
+    transformer_config: dict = field(hash=False)
+    weights: str
+    steps: int
+    guidance_scale: float
+    patch: int = 4
+    text_length: int = 10
+    description: str = ""
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (3, scenes.CANVAS, scenes.CANVAS)
+
+    def build_model(self) -> torch.nn.Module:
+        import diffusers
+
+        return getattr(diffusers, self.model_class)(**self.transformer_config)
+
+    def weights_path(self) -> Path:
+        return WEIGHTS_DIR / f"{self.weights}.safetensors"
+
+    def prompt_table(self, cache: Path | None = None) -> dict[str, int | torch.Tensor]:
+        """Embeddings of every prompt of the scene grammar and of the empty prompt (row 0)."""
+        if cache is not None and cache.exists():
+            flat = load_file(str(cache))
+        else:
+            prompts = [""] + scenes.all_prompts()
+            states, pooled = MiniLMEncoder(self.text_length)(prompts)
+            flat = {"states": states, "pooled": pooled}
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                save_file(flat, str(cache))
+        prompts = [""] + scenes.all_prompts()
+        return {"index": {p: i for i, p in enumerate(prompts)}, **flat}
+
+    def training_loss(self, model, rng: np.random.Generator, gen: torch.Generator, batch_size: int,
+                      cond_dropout: float, table: dict) -> torch.Tensor:
+        """Flow-matching loss on one batch of training scenes (velocity target noise - x0)."""
+        prompts, images = scenes.training_batch(rng, batch_size)
+        rows = torch.tensor([table["index"][p] for p in prompts])
+        drop = torch.from_numpy(rng.random(batch_size) < cond_dropout)
+        rows = torch.where(drop, torch.zeros_like(rows), rows)
+        adapter = adapter_for(model)
+        x0 = adapter.to_latents(torch.from_numpy(images))  # (B, N, C*p*p)
+        noise = torch.randn(x0.shape, generator=gen)
+        sigma = torch.sigmoid(torch.randn(batch_size, generator=gen))  # logit-normal, as SD3
+        s = sigma[:, None, None]
+        xt = (1 - s) * x0 + s * noise
+        cond = {"encoder_hidden_states": table["states"][rows],
+                "pooled_projections": table["pooled"][rows]}
+        out = adapter.denoise(model, xt, cond, sigma)
+        return torch.nn.functional.mse_loss(out, noise - x0)
+
+    def export(self, weights: Path, train_config) -> Path:
+        """Copies trained weights into the package with a JSON description beside them."""
+        from dataclasses import asdict
+
+        WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+        state = load_file(str(weights))
+        target = self.weights_path()
+        tmp = target.with_suffix(".tmp")
+        save_file({k: v.to(torch.float32).contiguous() for k, v in state.items()}, str(tmp))
+        os.replace(tmp, target)
+        meta = {"model_class": self.model_class, "transformer_config": self.transformer_config,
+                "train_config": asdict(train_config)}
+        target.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        return target
+
+    def load_model(self) -> torch.nn.Module:
+        """The trained transformer, in eval mode."""
+        path = self.weights_path()
+        if not path.exists():
+            raise FileNotFoundError(f"weights of {self.name!r} are missing at {path}; "
+                                    f"train them with 'python -m adatsq.zoo.train {self.name}'")
+        model = self.build_model()
+        model.load_state_dict(load_file(str(path)))
+        return model.eval().requires_grad_(False)
+
+
+_FLUX_DIGITS = dict(patch_size=1, in_channels=48, num_layers=2, num_single_layers=3,
+                    attention_head_dim=32, num_attention_heads=4, joint_attention_dim=384,
+                    pooled_projection_dim=384, axes_dims_rope=(8, 12, 12))
+
+ENTRIES = {
+    e.name: e
+    for e in (
+        ZooEntry("flux-digits", "FluxTransformer2DModel", _FLUX_DIGITS, "flux-digits", steps=50,
+                 guidance_scale=3.0,
+                 description="FluxTransformer2DModel (2 double + 3 single blocks, width 128) "
+                             "trained on prompted digit scenes; 50 steps like Flux-Dev"),
+    )
+}
+
+
+def get(name: str) -> ZooEntry:
+    """The zoo entry called ``name``; raises ``KeyError`` with the known names otherwise."""
+    try:
+        return ENTRIES[name]
+    except KeyError:
+        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(sorted(ENTRIES))}") from None
