@@ -1,4 +1,4 @@
-"""Hadamard rotations: exact orthogonality, fast transform = dense matrix, exact fusing into Linear."""
+"""Hadamard rotations: exact orthogonality, fast transform = dense matrix, exact fusing."""
 
 import time
 
@@ -44,10 +44,10 @@ def test_orthogonal_3072_fast():
     elapsed = time.perf_counter() - start
     assert (HtH - torch.eye(n, dtype=F64)).abs().max() < 1e-12
     assert (H[:256] @ H.T - torch.eye(n, dtype=F64)[:256]).abs().max() < 1e-12
-    assert elapsed < 30.0  # ~1 s on an idle 2-core CPU; loose because the CI box is shared
+    assert elapsed < 10.0  # ~1 s here, with a training job busy on both cores
 
 
-@pytest.mark.parametrize("n", [1, 2, 8, 64, 128, 1024])
+@pytest.mark.parametrize("n", [1, 2, 8, 64, 128, 512])
 def test_fwht_equals_sylvester_matrix(n):
     x = torch.randn(3, 5, n, dtype=F64)
     assert (fwht(x) - x @ _sylvester(n)).abs().max() < 1e-12

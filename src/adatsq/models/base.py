@@ -56,6 +56,10 @@ class Adapter(ABC):
         """One transformer call; returns the flow-matching velocity (noise - x0) for ``latents``."""
 
     @abstractmethod
+    def example(self, seed: int = 0) -> tuple[nn.Module, torch.Tensor, Conditioning]:
+        """A tiny random model of this family with latents and conditioning (contract tests)."""
+
+    @abstractmethod
     def to_latents(self, images: torch.Tensor) -> torch.Tensor:
         """Pixel images of an embedded model to the latents the transformer works on."""
 

@@ -49,6 +49,18 @@ class FluxAdapter(Adapter):
                      txt_ids=torch.zeros(states.shape[1], 3, dtype=latents.dtype),
                      return_dict=False, **kwargs)[0]
 
+    def example(self, seed=0):
+        from diffusers import FluxTransformer2DModel
+
+        torch.manual_seed(seed)
+        model = FluxTransformer2DModel(patch_size=1, in_channels=48, num_layers=1,
+                                       num_single_layers=1, attention_head_dim=16,
+                                       num_attention_heads=2, joint_attention_dim=32,
+                                       pooled_projection_dim=32, axes_dims_rope=(4, 6, 6)).eval()
+        latents = torch.randn(2, 16, 48)
+        cond = {"encoder_hidden_states": torch.randn(2, 5, 32), "pooled_projections": torch.randn(2, 32)}
+        return model, latents, cond
+
     def to_latents(self, images):
         return pack(images, self.patch)
 

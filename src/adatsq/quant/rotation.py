@@ -195,10 +195,10 @@ def rotate(x: torch.Tensor) -> torch.Tensor:
         return fwht(x)
     B = torch.as_tensor(factor, dtype=x.dtype, device=x.device)  # (p, p)
     p = B.shape[0]
-    X = x.reshape(*x.shape[:-1], a, p) @ B  # (..., a, p)
+    X = (x.reshape(-1, p) @ B).view(-1, a, p)  # (N, a, p), one plain GEMM
     if a > 1:
         # (A ⊗ B) acts on the row-major (a, p) view as Aᵀ X B, and the Sylvester A is symmetric.
-        X = fwht(X.transpose(-1, -2)).transpose(-1, -2)
+        X = fwht(X.transpose(1, 2)).transpose(1, 2)
     return X.reshape(x.shape)
 
 

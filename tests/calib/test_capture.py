@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from adatsq.calib.capture import CaptureConfig, capture, memory_estimate
+
+
+def test_capture_matches_manual_statistics(tiny_pipeline):
+    pipe = tiny_pipeline
+    layers = pipe.adapter.quantizable_layers(pipe.transformer)
+    name = next(iter(layers))
+    seen = []
+    handle = layers[name].register_forward_pre_hook(lambda m, i: seen.append(i[0].detach().clone()))
+    stats = capture(pipe, ["a 3", "two 5s"], seed=0, progress=False)
+    handle.remove()
+    T = pipe.default_steps
+    assert len(seen) == T and stats.steps == T
+    for t in range(T):
+        X = seen[t].reshape(-1, seen[t].shape[-1])
+        torch.testing.assert_close(stats.hessian[name][t], X.T @ X, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(stats.absmax[name][t], X.abs().amax(0))
+        assert stats.rows[name][t] == X.shape[0]
+    assert stats.latents.shape[0] == T
+    H = stats.hessian_sum(name)
+    assert H.shape == (layers[name].in_features,) * 2
+
+
+def test_weighted_mode_equals_weighted_per_step(tiny_pipeline):
+    pipe = tiny_pipeline
+    layers = pipe.adapter.quantizable_layers(pipe.transformer)
+    T = pipe.default_steps
+    w = {n: torch.linspace(0.1, 1.0, T) for n in layers}
+    per_step = capture(pipe, ["a 3"], progress=False)
+    weighted = capture(pipe, ["a 3"], config=CaptureConfig(hessian="weighted"),
+                       step_weights={"ramp": w}, progress=False)
+    for n in layers:
+        expected = per_step.hessian_sum(n, w[n])
+        torch.testing.assert_close(weighted.weighted_hessian["ramp"][n], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_memory_estimate_and_bad_config(tiny_pipeline):
+    layers = tiny_pipeline.adapter.quantizable_layers(tiny_pipeline.transformer)
+    per = sum(m.in_features ** 2 for m in layers.values()) * 4
+    assert memory_estimate(layers, 50) == 50 * per
+    assert memory_estimate(layers, 50, "weighted", 2) == 2 * per
+    with pytest.raises(ValueError, match="hessian must be"):
+        CaptureConfig(hessian="all")
+
+
+def test_nan_calibration_is_refused(tiny_pipeline):
+    pipe = tiny_pipeline
+    with torch.no_grad():
+        pipe.transformer.x_embedder.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite activations"):
+        capture(pipe, ["a 3"], progress=False)

@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny, locally built pipelines (random weights, a few sampling steps)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adatsq.zoo.pipeline import DigitPipeline
+from adatsq.zoo.registry import ZooEntry
+
+TINY_FLUX = dict(patch_size=1, in_channels=48, num_layers=1, num_single_layers=1,
+                 attention_head_dim=16, num_attention_heads=2, joint_attention_dim=384,
+                 pooled_projection_dim=384, axes_dims_rope=(4, 6, 6))
+
+
+def tiny_entry(steps: int = 4) -> ZooEntry:
+    return ZooEntry("tiny-flux", "FluxTransformer2DModel", TINY_FLUX, "tiny-flux", steps=steps,
+                    guidance_scale=2.0)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_pipeline():
+    """A DigitPipeline around a random tiny Flux transformer (4 steps, CFG 2)."""
+    entry = tiny_entry()
+    torch.manual_seed(0)
+    model = entry.build_model().eval().requires_grad_(False)
+    return DigitPipeline(entry, model)

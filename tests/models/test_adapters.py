@@ -1,0 +1,74 @@
+"""The adapter contract, checked on a tiny random model of every registered adapter."""
+
+import pytest
+import torch
+from torch import nn
+
+from adatsq.models import adapter_for, registered
+from adatsq.quant.qlinear import StepTracker
+
+ADAPTERS = sorted(registered())
+
+
+@pytest.fixture(params=ADAPTERS)
+def example(request):
+    adapter = registered()[request.param]()
+    model, latents, cond = adapter.example()
+    return adapter, model, latents, cond
+
+
+def test_registry_finds_the_adapter(example):
+    adapter, model, _, _ = example
+    assert type(adapter_for(model)) is type(adapter)
+
+
+def test_quantizable_layers_are_named_linears_in_blocks(example):
+    adapter, model, _, _ = example
+    layers = adapter.quantizable_layers(model)
+    assert layers, "an adapter must expose quantizable layers"
+    modules = dict(model.named_modules())
+    for name, layer in layers.items():
+        assert isinstance(layer, nn.Linear) and modules[name] is layer
+        assert not name.endswith(adapter.skip_suffixes)
+
+
+def test_denoise_shape_and_determinism(example):
+    adapter, model, latents, cond = example
+    sigma = torch.full((latents.shape[0],), 0.5)
+    with torch.no_grad():
+        out = adapter.denoise(model, latents, cond, sigma)
+        again = adapter.denoise(model, latents, cond, sigma)
+    assert out.shape == latents.shape
+    assert torch.equal(out, again)
+    assert torch.isfinite(out).all()
+
+
+def test_every_quantizable_layer_runs_once_per_call(example):
+    adapter, model, latents, cond = example
+    counts = {}
+    layers = adapter.quantizable_layers(model)
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: counts.__setitem__(n, counts.get(n, 0) + 1))
+             for n, m in layers.items()]
+    with torch.no_grad():
+        adapter.denoise(model, latents, cond, torch.full((latents.shape[0],), 0.3))
+    for h in hooks:
+        h.remove()
+    assert counts == {n: 1 for n in layers}
+
+
+def test_timestep_reaches_the_tracker(example):
+    adapter, model, latents, cond = example
+    sigmas = torch.tensor([1.0, 0.6, 0.2])
+    tracker = StepTracker(adapter.model_timestep(sigmas))
+    handle = tracker.attach(model, adapter.timestep_of)
+    with torch.no_grad():
+        for i, s in enumerate(sigmas):
+            adapter.denoise(model, latents, cond, torch.full((latents.shape[0],), float(s)))
+            assert tracker.index == i
+    handle.remove()
+
+
+def test_latents_roundtrip(example):
+    adapter, *_ = example
+    images = torch.randn(2, 3, 16, 16)
+    assert torch.equal(adapter.from_latents(adapter.to_latents(images), (3, 16, 16)), images)

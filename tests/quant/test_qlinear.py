@@ -1,0 +1,58 @@
+import torch
+from torch import nn
+
+from adatsq.config import WeightSpec
+from adatsq.quant.qlinear import ActivationQuant, QuantLinear, StepTracker
+
+
+def _linear():
+    torch.manual_seed(0)
+    return nn.Linear(32, 16)
+
+
+def test_full_precision_is_exact():
+    lin = _linear()
+    q = QuantLinear.from_linear(lin, WeightSpec(bits=16), ActivationQuant(16), None)
+    x = torch.randn(3, 5, 32)
+    assert torch.equal(q(x), lin(x))
+
+
+def test_w8a8_close_and_w3a3_worse():
+    lin = _linear()
+    x = torch.randn(4, 32)
+    ref = lin(x)
+    errs = {}
+    for bits in (8, 4, 3):
+        q = QuantLinear.from_linear(lin, WeightSpec(bits=bits), ActivationQuant(bits), None)
+        errs[bits] = (q(x) - ref).pow(2).mean() / ref.pow(2).mean()
+    assert errs[8] < 1e-3 < errs[4] < errs[3]
+
+
+def test_per_step_bits_follow_the_timestep_value():
+    lin = _linear()
+    tracker = StepTracker(torch.tensor([1.0, 0.75, 0.5, 0.25]))
+    act = ActivationQuant(bits=(16, 8, 3, 16))
+    q = QuantLinear.from_linear(lin, WeightSpec(bits=16), act, tracker)
+    x = torch.randn(2, 32)
+    outs = {}
+    for t, expected in [(1.0, 16), (0.74, 8), (0.51, 3), (0.2, 16)]:
+        tracker.update(torch.tensor([t, t]))
+        assert q.current_bits() == expected
+        outs[expected] = q(x)
+    assert torch.equal(outs[16], lin(x))
+    assert (outs[3] - lin(x)).abs().max() > (outs[8] - lin(x)).abs().max()
+
+
+def test_tracker_hook_reads_timestep_kwarg():
+    tracker = StepTracker(torch.tensor([1.0, 0.5]))
+    model = nn.Identity()
+    tracker.attach(model, lambda args, kwargs: kwargs["timestep"])
+
+    class Wrapper(nn.Module):
+        def forward(self, x, timestep):
+            return x
+
+    w = Wrapper()
+    tracker.attach(w, lambda args, kwargs: kwargs["timestep"])
+    w(torch.zeros(1), timestep=torch.tensor([0.45]))
+    assert tracker.index == 1
