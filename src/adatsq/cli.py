@@ -49,7 +49,8 @@ def cmd_zoo(args) -> int:
         print(json.dumps(entries, indent=1))
     else:
         for e in entries:
-            print(f"{e['name']:<22} {e['model_class']:<26} {e['steps']:>3} steps  {e['description']}")
+            print(f"{e['name']:<22} {e['model_class']:<26} {e['steps']:>3} steps  "
+                  f"{e['description']}")
     return 0
 
 
@@ -79,7 +80,8 @@ def cmd_quantize(args) -> int:
     policy = quantize_(pipe, recipe)
     io.save(pipe.transformer, policy, args.out, pipe.source())
     size = io.model_bytes(pipe.transformer)
-    print(f"wrote {args.out}: {recipe.method} W{policy.weight_bits}A{policy.average_activation_bits:g}"
+    a_bits = policy.average_activation_bits
+    print(f"wrote {args.out}: {recipe.method} W{policy.weight_bits}A{a_bits:g}"
           f", {size / 1e6:.2f} MB, quantized in {policy.settings['seconds']:.1f}s")
     return 0
 

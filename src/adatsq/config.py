@@ -111,7 +111,8 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
         data = dict(data)
-        parts = {"weights": WeightSpec, "activations": ActivationSpec, "calibration": CalibrationSpec}
+        parts = {"weights": WeightSpec, "activations": ActivationSpec,
+                 "calibration": CalibrationSpec}
         for key, sub in parts.items():
             if key in data:
                 data[key] = _from_dict(sub, data[key], f"recipe.{key}")
@@ -133,14 +134,12 @@ class Recipe:
 
 
 @dataclass(frozen=True)
-class NoOptions:
-    """Options of a method that has none."""
+class MethodOptions:
+    """Base of the methods' frozen option dataclasses; ``from_dict`` rejects unknown keys."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
-        return _from_dict(cls, data or {}, "method options")
+        return _from_dict(cls, data or {}, f"{cls.__name__} (method options)")
 
 
-def options_from_dict(cls, data: dict[str, Any]):
-    """Builds a method's frozen options dataclass, rejecting unknown keys."""
-    return _from_dict(cls, data or {}, f"{cls.__name__}")
+NoOptions = MethodOptions

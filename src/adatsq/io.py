@@ -193,7 +193,8 @@ def model_bytes(model: nn.Module) -> int:
         if q.weight_bits == FULL_PRECISION:
             total += q.weight.numel() * 2
         else:
-            total += (q.codes.numel() * q.weight_bits + 7) // 8 + (q.scale.numel() + q.zero.numel()) * 2
+            total += (q.codes.numel() * q.weight_bits + 7) // 8
+            total += (q.scale.numel() + q.zero.numel()) * 2
         total += sum(getattr(q, k).numel() * 2 for k in _OPTIONAL if getattr(q, k) is not None)
     prefixes = tuple(f"{n}." for n in quantized)
     for key, value in model.state_dict().items():

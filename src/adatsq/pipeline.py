@@ -83,7 +83,8 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None) -> Po
     if any(isinstance(m, QuantLinear) for m in layers.values()):
         raise ValueError("this transformer is already quantized; load a fresh one")
     if method.capture is not None and stats is None:
-        prompts = pipeline.calibration_prompts(recipe.calibration.num_prompts, recipe.calibration.seed)
+        calib = recipe.calibration
+        prompts = pipeline.calibration_prompts(calib.num_prompts, calib.seed)
         stats = capture(pipeline, prompts, seed=recipe.calibration.seed, steps=steps,
                         config=CaptureConfig(hessian=method.capture), progress=progress)
     tracker = StepTracker(pipeline.schedule(steps))

@@ -107,7 +107,8 @@ class Policy:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["layers"] = {n: {"weight_bits": lp.weight_bits, "activation_bits": list(lp.activation_bits)}
+        d["layers"] = {n: {"weight_bits": lp.weight_bits,
+                           "activation_bits": list(lp.activation_bits)}
                        for n, lp in self.layers.items()}
         d["schedule"] = list(self.schedule)
         d["average_activation_bits"] = self.average_activation_bits

@@ -34,7 +34,8 @@ def test_weighted_mode_equals_weighted_per_step(tiny_pipeline):
                        step_weights={"ramp": w}, progress=False)
     for n in layers:
         expected = per_step.hessian_sum(n, w[n])
-        torch.testing.assert_close(weighted.weighted_hessian["ramp"][n], expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(weighted.weighted_hessian["ramp"][n], expected,
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_memory_estimate_and_bad_config(tiny_pipeline):

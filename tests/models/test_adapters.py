@@ -47,8 +47,10 @@ def test_every_quantizable_layer_runs_once_per_call(example):
     adapter, model, latents, cond = example
     counts = {}
     layers = adapter.quantizable_layers(model)
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: counts.__setitem__(n, counts.get(n, 0) + 1))
-             for n, m in layers.items()]
+    def count(name):
+        return lambda m, i, o: counts.__setitem__(name, counts.get(name, 0) + 1)
+
+    hooks = [m.register_forward_hook(count(n)) for n, m in layers.items()]
     with torch.no_grad():
         adapter.denoise(model, latents, cond, torch.full((latents.shape[0],), 0.3))
     for h in hooks:

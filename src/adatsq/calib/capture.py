@@ -49,7 +49,8 @@ class CaptureConfig:
 
     def __post_init__(self):
         if self.hessian not in HESSIAN_MODES:
-            raise ValueError(f"hessian must be one of {', '.join(HESSIAN_MODES)}, got {self.hessian!r}")
+            raise ValueError(f"hessian must be one of {', '.join(HESSIAN_MODES)}, "
+                             f"got {self.hessian!r}")
         if self.samples_per_step < 0:
             raise ValueError("samples_per_step must be >= 0")
 
@@ -71,9 +72,10 @@ class CalibrationStats:
     cond: Conditioning | None = None
 
     def hessian_sum(self, name: str, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """``sum_t w_t H_t`` for layer ``name`` (uniform ``w_t = 1/T`` by default), normalised per row."""
+        """``sum_t w_t H_t`` for layer ``name`` (uniform ``w_t = 1/T`` by default), per row."""
         if name not in self.hessian:
-            raise KeyError(f"no per-step Hessian captured for {name!r}; capture with hessian='per_step'")
+            raise KeyError(f"no per-step Hessian captured for {name!r}; "
+                           "capture with hessian='per_step'")
         H = self.hessian[name] / self.rows[name].clamp_min(1)[:, None, None]  # (T, d, d)
         w = torch.full((self.steps,), 1.0 / self.steps) if weights is None else weights
         return torch.einsum("t,tij->ij", w.to(H.dtype), H)
@@ -155,7 +157,8 @@ def capture(pipeline, prompts: list[str], seed: int = 0, steps: int | None = Non
     handles += [m.register_forward_pre_hook(make_hook(n)) for n, m in layers.items()]
     try:
         pipeline.generate(prompts, seed=seed, steps=steps, callback=on_step,
-                          batch_size=len(prompts), progress="calibration capture" if progress else False)
+                          batch_size=len(prompts),
+                          progress="calibration capture" if progress else False)
     finally:
         for h in handles:
             h.remove()

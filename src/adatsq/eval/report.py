@@ -63,7 +63,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         a = r["a_bits"]
         bits = f"{r['w_bits']}/{a:g}" if a == int(a) else f"{r['w_bits']}/{a:.2f}"
-        cells = [r["method"], bits, *[_fmt(r["eval"][c], 2) for c in cats], _fmt(r["eval"]["total"]),
+        cells = [r["method"], bits, *[_fmt(r["eval"][c], 2) for c in cats],
+                 _fmt(r["eval"]["total"]),
                  _fmt(r["eval_se"]), _fmt(r["psnr"], 2), _fmt(r["ssim"]), _fmt(r["fd"], 2),
                  _fmt(r["model_bytes"] / 1e6, 2), _fmt(r["seconds"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -156,7 +157,8 @@ def _write(report: dict[str, Any], grid: dict[str, np.ndarray], prompts: list[st
     md = (f"# {report['model']}: {report['num_prompts']} prompts, {report['steps']} steps\n\n"
           f"{markdown_table(report)}\n\nDigitEval (GenEval analog) per category and total; "
           "PSNR/SSIM against the FP images (same seeds); FD: Fréchet distance to real held-out "
-          "scenes in the classifier's feature space; MB: weights as stored; s: quantization time.\n")
+          "scenes in the classifier's feature space; MB: weights as stored; "
+          "s: quantization time.\n")
     tmp = out_dir / "report.md.tmp"
     tmp.write_text(md)
     os.replace(tmp, out_dir / "report.md")

@@ -8,13 +8,16 @@ never see model classes, only layers, their names and statistics.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from adatsq.calib.capture import CalibrationStats
-from adatsq.config import NoOptions, Recipe
-from adatsq.quant.qlinear import ActivationQuant, QuantLinear, StepTracker
+from adatsq.config import MethodOptions, Recipe
+from adatsq.quant.primitives import FULL_PRECISION
+from adatsq.quant.qlinear import ActivationQuant, QuantLinear, StepTracker, weight_quantizer
 
 _METHODS: dict[str, type[Method]] = {}
 
@@ -32,7 +35,7 @@ class Method(ABC):
 
     name: ClassVar[str]
     source: ClassVar[str] = ""
-    options_class: ClassVar[type] = NoOptions
+    options_class: ClassVar[type] = MethodOptions
     capture: ClassVar[str | None] = None
 
     def __init__(self, recipe: Recipe):
@@ -66,6 +69,35 @@ class Method(ABC):
                  layers: dict[str, QuantLinear]) -> dict[str, Any]:
         """Model-wide work after all layers are quantized; returns settings for the policy."""
         return {}
+
+
+@dataclass(frozen=True)
+class GPTQOptions(MethodOptions):
+    """GPTQ settings shared by the methods that solve weights with it (IST-DASLab defaults)."""
+
+    block_size: int = 128
+    damp: float = 0.01
+    act_order: bool = False
+
+
+def solve_weights(W: torch.Tensor, H: torch.Tensor | None, spec,
+                  gptq: GPTQOptions | None) -> dict[str, torch.Tensor]:
+    """Codes, scales and zeros of ``W`` (out, in) under ``spec`` (a WeightSpec).
+
+    GPTQ on the Hessian ``H`` (in, in) of the layer's (transformed) input when ``gptq`` is given,
+    round-to-nearest otherwise; nothing for 16-bit weights.
+    """
+    if spec.bits == FULL_PRECISION:
+        return {}
+    quantizer = weight_quantizer(spec)
+    if gptq is None or H is None:
+        scale, zero = quantizer.group_params(W)
+        return {"codes": quantizer.codes(W, scale, zero), "scale": scale, "zero": zero}
+    from adatsq.calib.gptq import gptq_quantize
+
+    result = gptq_quantize(W, H, quantizer, block_size=gptq.block_size, damp=gptq.damp,
+                           act_order=gptq.act_order, static_groups=spec.group_size is not None)
+    return {"codes": result.codes, "scale": result.scale, "zero": result.zero}
 
 
 def register(cls: type[Method]) -> type[Method]:

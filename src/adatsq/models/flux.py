@@ -58,7 +58,8 @@ class FluxAdapter(Adapter):
                                        num_attention_heads=2, joint_attention_dim=32,
                                        pooled_projection_dim=32, axes_dims_rope=(4, 6, 6)).eval()
         latents = torch.randn(2, 16, 48)
-        cond = {"encoder_hidden_states": torch.randn(2, 5, 32), "pooled_projections": torch.randn(2, 32)}
+        cond = {"encoder_hidden_states": torch.randn(2, 5, 32),
+                "pooled_projections": torch.randn(2, 32)}
         return model, latents, cond
 
     def to_latents(self, images):

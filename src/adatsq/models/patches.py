@@ -12,7 +12,8 @@ def pack(images: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
 
 
-def unpack(tokens: torch.Tensor, channels: int, height: int, width: int, patch: int) -> torch.Tensor:
+def unpack(tokens: torch.Tensor, channels: int, height: int, width: int,
+           patch: int) -> torch.Tensor:
     """Inverse of :func:`pack`."""
     b = tokens.shape[0]
     x = tokens.reshape(b, height // patch, width // patch, channels, patch, patch)

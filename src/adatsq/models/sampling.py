@@ -44,7 +44,8 @@ def sample(adapter: Adapter, model: nn.Module, noise: torch.Tensor, cond: Condit
     """Integrates from ``noise`` (B, N, C) to clean latents.
 
     Args:
-        uncond: conditioning of the empty prompt (batch 1 or B); needed when ``guidance_scale != 1``.
+        uncond: conditioning of the empty prompt (batch 1 or B); needed unless
+            ``guidance_scale == 1``.
         progress: show a bar per step (a string is used as its label).
     """
     scheduler = make_scheduler(steps, shift)

@@ -2,8 +2,8 @@
 
 Conventions (those of the GPTQ reference): a b-bit code ``q`` is an integer in ``[0, 2^b - 1]`` and
 dequantizes to ``scale * (q - zero)``. Symmetric quantization fixes ``zero = 2^(b-1)``; asymmetric
-(MinMax) quantization fits ``scale`` and an integer ``zero`` to the range ``[min, max]``. A bit width
-of 16 means "not quantized" everywhere in the package.
+(MinMax) quantization fits ``scale`` and an integer ``zero`` to the range ``[min, max]``. A bit
+width of 16 means "not quantized" everywhere in the package.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def qparams(xmin: torch.Tensor, xmax: torch.Tensor, bits: int,
     return scale, zero
 
 
-def quantize_codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+def quantize_codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                   bits: int) -> torch.Tensor:
     """Integer codes ``clamp(round(x / scale) + zero, 0, 2^b - 1)`` (float dtype)."""
     return torch.clamp(torch.round(x / scale) + zero, 0, 2**bits - 1)
 
@@ -116,7 +117,8 @@ class WeightQuantizer:
         return dequantize(self.codes(W, scale, zero), scale, zero, g).to(W.dtype)
 
 
-def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+               group: int) -> torch.Tensor:
     """Weights from codes (out, in) and per-group parameters (out, in / group)."""
     return scale.repeat_interleave(group, dim=1) * (codes - zero.repeat_interleave(group, dim=1))
 
@@ -126,7 +128,8 @@ ACTIVATION_GRANULARITIES = ("token", "group", "sample", "tensor")
 
 def quantize_activation(x: torch.Tensor, bits: int, granularity: str = "token",
                         symmetric: bool = False, group_size: int = 64,
-                        static_range: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                        static_range: tuple[torch.Tensor, torch.Tensor] | None = None,
+                        ) -> torch.Tensor:
     """Fake-quantizes activations ``x`` (..., d).
 
     Args:

@@ -88,7 +88,8 @@ class QuantLinear(nn.Module):
                  zero: torch.Tensor | None = None, weight: torch.Tensor | None = None,
                  bias: torch.Tensor | None = None, activation: ActivationQuant = ActivationQuant(),
                  tracker: StepTracker | None = None, smooth: torch.Tensor | None = None,
-                 rotate_input: bool = False, lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 rotate_input: bool = False,
+                 lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
                  static_ranges: torch.Tensor | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -113,8 +114,9 @@ class QuantLinear(nn.Module):
             self.refresh_weight()
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.register_buffer("smooth", None if smooth is None else smooth.detach().clone())
-        self.register_buffer("lowrank_down", None if lowrank is None else lowrank[0].detach().clone())
-        self.register_buffer("lowrank_up", None if lowrank is None else lowrank[1].detach().clone())
+        down, up = (None, None) if lowrank is None else (t.detach().clone() for t in lowrank)
+        self.register_buffer("lowrank_down", down)
+        self.register_buffer("lowrank_up", up)
         self.register_buffer("static_ranges", static_ranges)
 
     @classmethod
@@ -164,7 +166,8 @@ class QuantLinear(nn.Module):
         bits = self.current_bits()
         static = None
         if self.static_ranges is not None:
-            idx = self.tracker.index if self.tracker is not None and self.tracker.index is not None else 0
+            idx = self.tracker.index if self.tracker is not None else None
+            idx = 0 if idx is None else idx
             lo, hi = self.static_ranges[min(idx, len(self.static_ranges) - 1)]
             static = (lo, hi)
         xq = quantize_activation(x, bits, self.activation.granularity, self.activation.symmetric,
@@ -176,8 +179,9 @@ class QuantLinear(nn.Module):
         return y
 
     def extra_repr(self) -> str:
+        bits = self.activation.bits if isinstance(self.activation.bits, int) else 'per-step'
         return (f"in={self.in_features}, out={self.out_features}, w_bits={self.weight_bits}, "
-                f"a_bits={self.activation.bits if isinstance(self.activation.bits, int) else 'per-step'}, "
+                f"a_bits={bits}, "
                 f"granularity={self.activation.granularity}, rotate={self.rotate_input}, "
                 f"smooth={self.smooth is not None}, lowrank={self.lowrank_down is not None}")
 

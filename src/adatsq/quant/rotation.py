@@ -229,3 +229,15 @@ def rotate_linear_input_(linear: nn.Linear) -> None:
     """
     W = linear.weight  # (out, in)
     W.copy_(rotate(W.detach().to(torch.float64)).to(W.dtype))
+
+
+def rotate_hessian(H: torch.Tensor) -> torch.Tensor:
+    """The Hessian of rotated inputs ``x H_had``: ``H_hadᵀ H H_had`` for a symmetric ``H``.
+
+    Example:
+        >>> X = torch.randn(32, 12, dtype=torch.float64)
+        >>> Xr = rotate(X)
+        >>> bool(torch.allclose(rotate_hessian(X.T @ X), Xr.T @ Xr))
+        True
+    """
+    return rotate(rotate(H).transpose(-1, -2).contiguous())

@@ -65,13 +65,14 @@ class DigitPipeline:
     def noise(self, n: int, seed: int) -> torch.Tensor:
         """Initial latents; prompt ``i`` always gets the same noise for a given seed."""
         shape = self.adapter.to_latents(torch.zeros(1, *self.entry.image_shape)).shape[1:]
-        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 100_003 + i))
-                            for i in range(n)])
+        gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(n)]
+        return torch.stack([torch.randn(shape, generator=g) for g in gens])
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seed: int = 0, steps: int | None = None,
                  guidance_scale: float | None = None, batch_size: int = 256,
-                 callback: StepCallback | None = None, progress: bool | str = False) -> torch.Tensor:
+                 callback: StepCallback | None = None,
+                 progress: bool | str = False) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] for ``prompts``; deterministic given ``seed``."""
         if not prompts:
             raise ValueError("no prompts to generate")

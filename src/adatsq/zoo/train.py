@@ -110,7 +110,8 @@ def train(name: str, out: Path, cfg: TrainConfig, checkpoint_every: int = 500,
         flat = load_file(str(ckpt))
         model.load_state_dict({k[6:]: v for k, v in flat.items() if k.startswith("model.")})
         ema.load_state_dict({k[4:]: v for k, v in flat.items() if k.startswith("ema.")})
-        _load_optimizer_state(opt, names, {k[4:]: v for k, v in flat.items() if k.startswith("opt.")})
+        opt_state = {k[4:]: v for k, v in flat.items() if k.startswith("opt.")}
+        _load_optimizer_state(opt, names, opt_state)
         start = int(flat["progress.step"].item())
         log.info("resumed %s at step %d", name, start)
     history_path = out / "history.jsonl"
@@ -149,7 +150,8 @@ def train(name: str, out: Path, cfg: TrainConfig, checkpoint_every: int = 500,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("name", help="zoo model to train, e.g. flux-digits")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)

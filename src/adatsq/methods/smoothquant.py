@@ -1,0 +1,34 @@
+"""SmoothQuant: per-channel smoothing with migration strength α, then round-to-nearest.
+
+Source: Xiao et al., "SmoothQuant: Accurate and Efficient Post-Training Quantization for Large
+Language Models", ICML 2023 (github.com/mit-han-lab/smoothquant): α = 0.5 by default, activation
+ranges from calibration (here: the maximum over all sampling steps), per-channel weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adatsq.config import MethodOptions
+from adatsq.methods.base import Method, register
+from adatsq.quant.qlinear import QuantLinear
+from adatsq.quant.smoothing import smooth_weight, smoothing_factors
+
+
+@dataclass(frozen=True)
+class SmoothQuantOptions(MethodOptions):
+    alpha: float = 0.5
+
+
+@register
+class SmoothQuant(Method):
+    name = "smoothquant"
+    source = "Xiao et al. 2023, SmoothQuant (mit-han-lab/smoothquant), alpha 0.5"
+    options_class = SmoothQuantOptions
+    capture = "none"
+
+    def quantize_layer(self, name, linear, stats, tracker):
+        s = smoothing_factors(stats.absmax[name].amax(0), linear.weight, self.options.alpha)
+        W = smooth_weight(linear.weight, s)
+        return QuantLinear.from_linear(linear, self.recipe.weights, self.activation(), tracker,
+                                       weight=W, smooth=s)

@@ -1,0 +1,133 @@
+"""Every method: exact transforms before quantization, close to FP at W8A8, GPTQ below RTN."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from adatsq.calib.capture import CaptureConfig, capture
+from adatsq.calib.gptq import hessian_error
+from adatsq.config import ActivationSpec, Recipe, WeightSpec
+from adatsq.eval.fidelity import psnr
+from adatsq.methods import get_method, method_names
+from adatsq.methods.q_dit import allocate_group_sizes
+from adatsq.pipeline import quantize_
+from adatsq.quant.lowrank import lowrank_split
+from adatsq.quant.qlinear import StepTracker
+from adatsq.quant.smoothing import smooth_weight, smoothing_factors
+
+BASELINES = ["rtn", "smoothquant", "quarot", "vidit_q", "svdquant", "q_dit", "gptq"]
+PROMPTS = ["a 3", "a red 4", "two 5s", "a 2 to the left of a 9"]
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    """A tiny Flux pipeline and its per-step calibration statistics."""
+    from tests.conftest import tiny_entry
+
+    from adatsq.zoo.pipeline import DigitPipeline
+
+    entry = tiny_entry()
+    torch.manual_seed(0)
+    pipe = DigitPipeline(entry, entry.build_model().eval().requires_grad_(False))
+    stats = capture(pipe, PROMPTS, seed=1, config=CaptureConfig(hessian="per_step"),
+                    progress=False)
+    return pipe, stats
+
+
+def test_every_baseline_is_registered():
+    assert set(BASELINES) <= set(method_names())
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_transforms_are_exact_before_quantization(calibrated, method):
+    """At W16A16 the method's layer (smoothing, rotation, low-rank split) equals the original."""
+    pipe, stats = calibrated
+    recipe = Recipe(method=method, weights=WeightSpec(bits=16), activations=ActivationSpec(bits=16))
+    m = get_method(method)(recipe)
+    if method != "q_dit":  # Q-DiT's allocation needs quantized weights
+        m.prepare(pipe, stats)
+    tracker = StepTracker(pipe.schedule())
+    for name, linear in pipe.adapter.quantizable_layers(pipe.transformer).items():
+        if method == "q_dit":
+            m.group_sizes = {name: linear.in_features}
+        q = m.quantize_layer(name, linear, stats, tracker)
+        xin = torch.randn(3, 7, linear.in_features) * 5
+        want = linear(xin)
+        got = q(xin)
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max(), (method, name)
+
+
+def test_svdquant_branch_plus_residual_reconstructs(calibrated):
+    pipe, stats = calibrated
+    for name, linear in pipe.adapter.quantizable_layers(pipe.transformer).items():
+        s = smoothing_factors(stats.absmax[name].amax(0), linear.weight, 0.5)
+        W = smooth_weight(linear.weight, s).double()
+        down, up, residual = lowrank_split(W, 8)
+        torch.testing.assert_close(up @ down + residual, W, rtol=0, atol=1e-12)
+        # the residual is what the rank-8 branch could not explain: smaller than the weight
+        assert residual.norm() < W.norm()
+
+
+@pytest.fixture(scope="module")
+def fp_images(calibrated):
+    pipe, _ = calibrated
+    return pipe.generate(PROMPTS, seed=0)
+
+
+def _fresh(calibrated):
+    from tests.conftest import tiny_entry
+
+    from adatsq.zoo.pipeline import DigitPipeline
+
+    pipe, _ = calibrated
+    model = tiny_entry().build_model().eval().requires_grad_(False)
+    model.load_state_dict(pipe.transformer.state_dict())
+    return DigitPipeline(pipe.entry, model)
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_w8a8_stays_close_to_fp_and_w3a3_does_not(calibrated, fp_images, method):
+    _, stats = calibrated
+    scores = {}
+    for bits in (8, 3):
+        pipe = _fresh(calibrated)
+        recipe = Recipe(method=method, weights=WeightSpec(bits=bits),
+                        activations=ActivationSpec(bits=bits),
+                        options={"rank": 4} if method == "svdquant" else {})
+        policy = quantize_(pipe, recipe, progress=False, stats=stats)
+        assert policy.weight_bits == bits and policy.average_activation_bits == bits
+        scores[bits] = psnr(pipe.generate(PROMPTS, seed=0), fp_images)
+    assert scores[8] > 30.0, scores  # dB against the FP images
+    assert scores[3] < scores[8] - 10.0, scores
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_gptq_beats_rtn_on_every_layer_of_a_real_calibration(calibrated, bits):
+    pipe, stats = calibrated
+    spec = WeightSpec(bits=bits)
+    layers = pipe.adapter.quantizable_layers(pipe.transformer)
+    tracker = StepTracker(pipe.schedule())
+    recipe = Recipe(method="gptq", weights=spec, activations=ActivationSpec(bits=16))
+    gptq, rtn = get_method("gptq")(recipe), get_method("rtn")(replace(recipe, method="rtn"))
+    for name, linear in layers.items():
+        H = stats.hessian_sum(name)
+        W = linear.weight.detach().float()
+        q_gptq = gptq.quantize_layer(name, linear, stats, tracker)
+        e_gptq = float(hessian_error(W, q_gptq.weight, H))
+        e_rtn = float(hessian_error(W, rtn.quantize_layer(name, linear, stats, tracker).weight, H))
+        assert e_gptq < e_rtn, (name, e_gptq, e_rtn)
+
+
+def test_q_dit_allocation_respects_budget_and_prefers_sensitive_layers():
+    errors = {"a": {128: 1.0, 64: 0.2, 32: 0.1}, "b": {128: 0.3, 64: 0.29, 32: 0.28}}
+    costs = {n: {128: 1, 64: 2, 32: 4} for n in errors}
+    choice = allocate_group_sizes(errors, costs, budget=5)  # a greedy refinement gets 64, 64
+    assert choice == {"a": 32, "b": 128}
+    assert sum(costs[n][g] for n, g in choice.items()) <= 5
+    brute = min(((ga, gb) for ga in (128, 64, 32) for gb in (128, 64, 32)
+                 if costs["a"][ga] + costs["b"][gb] <= 5),
+                key=lambda c: errors["a"][c[0]] + errors["b"][c[1]])
+    assert (choice["a"], choice["b"]) == brute
+    assert np.isclose(errors["a"][choice["a"]] + errors["b"][choice["b"]], 0.4)
