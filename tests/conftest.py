@@ -30,3 +30,26 @@ def tiny_pipeline():
     torch.manual_seed(0)
     model = entry.build_model().eval().requires_grad_(False)
     return DigitPipeline(entry, model)
+
+
+PROMPTS = ["a 3", "a red 4", "two 5s", "a 2 to the left of a 9"]
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    """A tiny Flux pipeline and its per-step calibration statistics on four prompts."""
+    from adatsq.calib.capture import CaptureConfig, capture
+
+    entry = tiny_entry()
+    torch.manual_seed(0)
+    pipe = DigitPipeline(entry, entry.build_model().eval().requires_grad_(False))
+    stats = capture(pipe, PROMPTS, seed=1, config=CaptureConfig(hessian="per_step"),
+                    progress=False)
+    return pipe, stats
+
+
+def fresh_copy(pipe: DigitPipeline) -> DigitPipeline:
+    """A pipeline around an unquantized copy of ``pipe``'s transformer."""
+    model = pipe.entry.build_model().eval().requires_grad_(False)
+    model.load_state_dict(pipe.transformer.state_dict())
+    return DigitPipeline(pipe.entry, model)

@@ -86,32 +86,12 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def _rows(methods: list[str], bits: list[str]):
-    from adatsq.config import ActivationSpec, Recipe, WeightSpec
-    from adatsq.eval.report import Row
-
-    rows = []
-    for method in methods:
-        if method == "fp":
-            rows.append(Row("fp"))
-            continue
-        for label in bits:
-            label = label.upper()
-            if not (label.startswith("W") and "A" in label):
-                raise ValueError(f"bit setting {label!r} is not of the form W4A4")
-            w, a = label[1:].split("A")
-            recipe = Recipe(method=method, weights=WeightSpec(bits=int(w)),
-                            activations=ActivationSpec(bits=int(a)))
-            rows.append(Row(f"{method} {label}", recipe))
-    return rows
-
-
 def cmd_evaluate(args) -> int:
-    from adatsq.eval.report import compare, markdown_table
+    from adatsq.eval.report import compare, make_rows, markdown_table
 
     if args.per_category <= 0:
         raise ValueError("--per-category must be positive")
-    rows = _rows(args.methods.split(","), args.bits.split(","))
+    rows = make_rows(args.methods.split(","), args.bits.split(","))
     report = compare(args.model, rows, args.per_category, args.out, seed=args.seed,
                      steps=args.steps, artifacts_dir=args.artifacts)
     print(markdown_table(report))

@@ -60,13 +60,16 @@ def attach_tracker(model: nn.Module, adapter, schedule) -> StepTracker:
     return tracker
 
 
-def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None) -> Policy:
+def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
+              metric=None) -> Policy:
     """Quantizes ``pipeline.transformer`` in place with ``recipe``; returns the policy.
 
     Args:
         pipeline: a zoo or diffusers pipeline (see :func:`load_pipeline`).
         recipe: what to do.
         stats: calibration statistics to reuse (captured if the method needs them and none given).
+        metric: ``metric(images, prompts) -> float`` (higher is better) for methods that select
+            end to end (AdaTSQ); default: the pipeline's task metric, else fidelity to FP.
 
     Example:
         >>> pipe = load_pipeline("flux-digits")
@@ -76,6 +79,8 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None) -> Po
     """
     t0 = time.time()
     method = get_method(recipe.method)(recipe)
+    if metric is not None:
+        method.metric = metric
     model = pipeline.transformer
     adapter = pipeline.adapter
     steps = recipe.calibration.steps or pipeline.default_steps

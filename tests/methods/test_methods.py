@@ -5,8 +5,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from tests.conftest import PROMPTS, fresh_copy
 
-from adatsq.calib.capture import CaptureConfig, capture
 from adatsq.calib.gptq import hessian_error
 from adatsq.config import ActivationSpec, Recipe, WeightSpec
 from adatsq.eval.fidelity import psnr
@@ -18,22 +18,6 @@ from adatsq.quant.qlinear import StepTracker
 from adatsq.quant.smoothing import smooth_weight, smoothing_factors
 
 BASELINES = ["rtn", "smoothquant", "quarot", "vidit_q", "svdquant", "q_dit", "gptq"]
-PROMPTS = ["a 3", "a red 4", "two 5s", "a 2 to the left of a 9"]
-
-
-@pytest.fixture(scope="module")
-def calibrated():
-    """A tiny Flux pipeline and its per-step calibration statistics."""
-    from tests.conftest import tiny_entry
-
-    from adatsq.zoo.pipeline import DigitPipeline
-
-    entry = tiny_entry()
-    torch.manual_seed(0)
-    pipe = DigitPipeline(entry, entry.build_model().eval().requires_grad_(False))
-    stats = capture(pipe, PROMPTS, seed=1, config=CaptureConfig(hessian="per_step"),
-                    progress=False)
-    return pipe, stats
 
 
 def test_every_baseline_is_registered():
@@ -76,23 +60,12 @@ def fp_images(calibrated):
     return pipe.generate(PROMPTS, seed=0)
 
 
-def _fresh(calibrated):
-    from tests.conftest import tiny_entry
-
-    from adatsq.zoo.pipeline import DigitPipeline
-
-    pipe, _ = calibrated
-    model = tiny_entry().build_model().eval().requires_grad_(False)
-    model.load_state_dict(pipe.transformer.state_dict())
-    return DigitPipeline(pipe.entry, model)
-
-
 @pytest.mark.parametrize("method", BASELINES)
 def test_w8a8_stays_close_to_fp_and_w3a3_does_not(calibrated, fp_images, method):
     _, stats = calibrated
     scores = {}
     for bits in (8, 3):
-        pipe = _fresh(calibrated)
+        pipe = fresh_copy(calibrated[0])
         recipe = Recipe(method=method, weights=WeightSpec(bits=bits),
                         activations=ActivationSpec(bits=bits),
                         options={"rank": 4} if method == "svdquant" else {})

@@ -47,3 +47,107 @@ def sample_grid(rows: dict[str, np.ndarray], prompts: list[str], path: str | Pat
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def _short(name: str) -> str:
+    return (name.replace("single_transformer_blocks.", "S").replace("transformer_blocks.", "D")
+            .replace(".attn.", ".").replace(".net.", "."))
+
+
+def fisher_heatmap(layers: list[str], scores: np.ndarray, sigmas: np.ndarray,
+                   path: str | Path, title: str = "Fisher sensitivity (Eq. 1)") -> Path:
+    """Layers x timesteps heatmap of log10 Fisher normalized per layer (paper Fig. 4a)."""
+    norm = scores / np.maximum(scores.mean(axis=1, keepdims=True), 1e-30)
+    fig, ax = plt.subplots(figsize=(8, 0.16 * len(layers) + 1.5))
+    im = ax.imshow(np.log10(np.maximum(norm, 1e-6)), aspect="auto", cmap="magma")
+    ax.set_yticks(range(len(layers)), [_short(n) for n in layers], fontsize=5.5)
+    ticks = np.linspace(0, len(sigmas) - 1, min(len(sigmas), 11)).astype(int)
+    ax.set_xticks(ticks, [f"{i}\nσ={sigmas[i]:.2f}" for i in ticks], fontsize=6)
+    ax.set_xlabel("sampling step (noise level)")
+    fig.colorbar(im, ax=ax, label="log10 (Fisher / layer mean)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def activation_violins(samples: np.ndarray, sigmas: np.ndarray, path: str | Path,
+                       title: str, max_steps: int = 10) -> Path:
+    """Distribution of one layer's input values per timestep (paper Fig. 4b); samples (T, S)."""
+    T = samples.shape[0]
+    steps = np.unique(np.linspace(0, T - 1, min(T, max_steps)).astype(int))
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.violinplot([samples[t] for t in steps], showextrema=True, widths=0.8)
+    ax.set_xticks(range(1, len(steps) + 1), [f"{t}\nσ={sigmas[t]:.2f}" for t in steps],
+                  fontsize=7)
+    ax.set_ylabel("activation value")
+    ax.set_xlabel("sampling step")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def bit_map(layers: list[str], bits: np.ndarray, path: str | Path, title: str) -> Path:
+    """Activation bits per layer x timestep of a policy."""
+    values = sorted(set(np.unique(bits).tolist()))
+    colors = plt.get_cmap("viridis", len(values))
+    index = np.searchsorted(values, bits)
+    fig, ax = plt.subplots(figsize=(8, 0.16 * len(layers) + 1.5))
+    im = ax.imshow(index, aspect="auto", cmap=colors, vmin=-0.5, vmax=len(values) - 0.5)
+    ax.set_yticks(range(len(layers)), [_short(n) for n in layers], fontsize=5.5)
+    ax.set_xlabel("sampling step")
+    bar = fig.colorbar(im, ax=ax, ticks=range(len(values)))
+    bar.ax.set_yticklabels([f"{v} bits" for v in values])
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def pareto_plot(search: dict, path: str | Path, title: str) -> Path:
+    """The final beam (mean bits vs total step MSE), the budget and the chosen path."""
+    s = search["survivors"]
+    bits, loss = np.array(s["mean_bits"]), np.array(s["total_loss"])
+    feasible = np.array(s["feasible"], dtype=bool)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(bits[~feasible], loss[~feasible], c="0.6", s=18, label="over budget")
+    ax.scatter(bits[feasible], loss[feasible], c="tab:blue", s=18, label="feasible survivors")
+    tried = np.array(search["tried"], dtype=int)
+    ax.scatter(bits[tried], loss[tried], facecolors="none", edgecolors="tab:orange", s=70,
+               label="tried end to end")
+    best = search["chosen"]
+    ax.scatter([bits[best]], [loss[best]], marker="*", c="tab:red", s=200, label="chosen")
+    ax.axvline(search["budget"], color="k", ls="--", lw=1, label=f"budget {search['budget']:g}")
+    ax.set_xlabel("mean activation bits of the path")
+    ax.set_ylabel("cumulative step MSE (Eq. 4)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def error_over_timesteps(curves: dict[str, np.ndarray], sigmas: np.ndarray, path: str | Path,
+                         title: str, fisher: np.ndarray | None = None) -> Path:
+    """One layer's reconstruction error per timestep under several calibrations (paper Fig. 5)."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for label, y in curves.items():
+        ax.plot(range(len(y)), y, marker=".", label=label)
+    ax.set_xlabel("sampling step")
+    ax.set_ylabel("||W X_t - Q X_t||² / rows")
+    ax.set_yscale("log")
+    if fisher is not None:
+        twin = ax.twinx()
+        twin.fill_between(range(len(fisher)), fisher / fisher.max(), color="tab:pink", alpha=0.15)
+        twin.set_ylabel("normalized Fisher", color="tab:pink")
+        twin.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def outlier_plot(ratio: dict[str, list[float]], path: str | Path, title: str) -> Path:
+    """Channel max / median channel max per layer (rows) and timestep (columns)."""
+    layers = list(ratio)
+    m = np.array([ratio[n] for n in layers])
+    fig, ax = plt.subplots(figsize=(8, 0.16 * len(layers) + 1.5))
+    im = ax.imshow(np.log10(m), aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(layers)), [_short(n) for n in layers], fontsize=5.5)
+    ax.set_xlabel("sampling step")
+    fig.colorbar(im, ax=ax, label="log10 (channel max / median channel max)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)

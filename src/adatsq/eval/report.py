@@ -34,10 +34,52 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Row:
-    """One configuration to evaluate: a label and a recipe (``None`` = full precision)."""
+    """One configuration to evaluate.
+
+    Attributes:
+        label: shown in tables and grids, e.g. ``"gptq W4A4"``.
+        recipe: what to run (``None`` = full precision).
+        name: the row's ``method`` in report.json (default: the recipe's method, or ``fp``).
+    """
 
     label: str
     recipe: Recipe | None = None
+    name: str | None = None
+
+    @property
+    def method(self) -> str:
+        return self.name or (self.recipe.method if self.recipe else "fp")
+
+
+ABLATIONS = {
+    "minmax": {"pareto": False, "calib": "none"},
+    "+pareto": {"pareto": True, "calib": "none"},
+    "+fisher_calib": {"pareto": False, "calib": "fisher"},
+    "+pareto+avg_calib": {"pareto": True, "calib": "uniform"},
+}
+"""The ablation rows of the paper's Table 3, as AdaTSQ options (all with Hadamard rotation)."""
+
+
+def make_rows(methods: list[str], bits: list[str]) -> list[Row]:
+    """Rows for every method (or ablation name, or ``fp``) at every ``W4A4``-style setting."""
+    from adatsq.config import ActivationSpec, WeightSpec
+
+    rows = []
+    for method in methods:
+        if method == "fp":
+            rows.append(Row("fp"))
+            continue
+        for label in bits:
+            label = label.upper()
+            w, _, a = label[1:].partition("A")
+            if not (label.startswith("W") and w.isdigit() and a.isdigit()):
+                raise ValueError(f"bit setting {label!r} is not of the form W4A4")
+            options = ABLATIONS.get(method, {})
+            recipe = Recipe(method="adatsq" if method in ABLATIONS else method,
+                            weights=WeightSpec(bits=int(w)),
+                            activations=ActivationSpec(bits=int(a)), options=options)
+            rows.append(Row(f"{method} {label}", recipe, name=method))
+    return rows
 
 
 def write_json(data: Any, path: Path) -> Path:
@@ -122,7 +164,7 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
         if fp_images is None and row.recipe is None:
             fp_images = images
         entry = {
-            "method": row.recipe.method if row.recipe else "fp",
+            "method": row.method,
             "label": row.label,
             "w_bits": int(w_bits),
             "a_bits": round(float(a_bits), 4),

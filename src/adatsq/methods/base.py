@@ -100,6 +100,19 @@ def solve_weights(W: torch.Tensor, H: torch.Tensor | None, spec,
     return {"codes": result.codes, "scale": result.scale, "zero": result.zero}
 
 
+def rotated_layer(method: Method, linear: nn.Linear, H: torch.Tensor | None, tracker: StepTracker,
+                  gptq: GPTQOptions | None) -> QuantLinear:
+    """A layer whose input is Hadamard-rotated online and whose weight ``W H_had`` is solved by GPTQ
+    on the rotated Hessian (``gptq`` given) or rounded to nearest (QuaRot, AdaTSQ)."""
+    from adatsq.quant.rotation import rotate, rotate_hessian
+
+    W = rotate(linear.weight.detach().double()).float()  # W H_had
+    Hr = None if H is None or gptq is None else rotate_hessian(H.double()).float()
+    solved = solve_weights(W, Hr, method.recipe.weights, gptq)
+    return QuantLinear.from_linear(linear, method.recipe.weights, method.activation(), tracker,
+                                   weight=W, rotate_input=True, **solved)
+
+
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator adding a method to the registry."""
     _METHODS[cls.name] = cls

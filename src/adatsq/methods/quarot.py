@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adatsq.methods.base import GPTQOptions, Method, register, solve_weights
-from adatsq.quant.qlinear import QuantLinear
-from adatsq.quant.rotation import rotate, rotate_hessian
+from adatsq.methods.base import GPTQOptions, Method, register, rotated_layer
 
 
 @dataclass(frozen=True)
@@ -30,9 +28,5 @@ class QuaRot(Method):
     capture = "per_step"
 
     def quantize_layer(self, name, linear, stats, tracker):
-        W = rotate(linear.weight.detach().double()).float()  # W H
-        H = rotate_hessian(stats.hessian_sum(name).double()).float()
         gptq = self.options if self.options.gptq else None
-        solved = solve_weights(W, H, self.recipe.weights, gptq)
-        return QuantLinear.from_linear(linear, self.recipe.weights, self.activation(), tracker,
-                                       weight=W, rotate_input=True, **solved)
+        return rotated_layer(self, linear, stats.hessian_sum(name), tracker, gptq)

@@ -27,6 +27,11 @@ from adatsq.quant.primitives import (
 from adatsq.quant.rotation import rotate
 
 
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy: saved and loaded layers then run the very same kernels (bit-exact)."""
+    return t.detach().clone(memory_format=torch.contiguous_format)
+
+
 class StepTracker:
     """Maps the timestep value of the current transformer call to a step index of the schedule.
 
@@ -100,7 +105,7 @@ class QuantLinear(nn.Module):
         if weight_bits == FULL_PRECISION:
             if weight is None:
                 raise ValueError("a 16-bit QuantLinear needs its float weight")
-            self.register_buffer("weight", weight.detach().clone())
+            self.register_buffer("weight", _own(weight))
         else:
             if codes is None or scale is None or zero is None:
                 raise ValueError("a quantized QuantLinear needs codes, scale and zero")
@@ -112,9 +117,9 @@ class QuantLinear(nn.Module):
             self.register_buffer("zero", zero.to(torch.float32))
             self.register_buffer("weight", torch.empty(0), persistent=False)
             self.refresh_weight()
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.register_buffer("smooth", None if smooth is None else smooth.detach().clone())
-        down, up = (None, None) if lowrank is None else (t.detach().clone() for t in lowrank)
+        self.register_buffer("bias", None if bias is None else _own(bias))
+        self.register_buffer("smooth", None if smooth is None else _own(smooth))
+        down, up = (None, None) if lowrank is None else (_own(t) for t in lowrank)
         self.register_buffer("lowrank_down", down)
         self.register_buffer("lowrank_up", up)
         self.register_buffer("static_ranges", static_ranges)

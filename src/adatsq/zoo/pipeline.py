@@ -98,3 +98,15 @@ class DigitPipeline:
         from adatsq.zoo.scenes import calibration_prompts
 
         return calibration_prompts(n, seed)
+
+    def selection_set(self, n: int, seed: int = 2):
+        """Prompts disjoint from evaluation and a task metric of their images (higher is better).
+
+        Used by end-to-end selection (AdaTSQ Sec. 3.2.4): DigitEval's total on calibration scenes.
+        """
+        from adatsq.eval import digiteval
+        from adatsq.zoo.scenes import calibration_scenes
+
+        pairs = calibration_scenes(n, seed)
+        specs = [spec for _, spec in pairs]
+        return [p for p, _ in pairs], lambda images: digiteval.evaluate(images, specs).total

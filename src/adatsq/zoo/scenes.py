@@ -198,23 +198,33 @@ def _evaluation_prompts() -> frozenset[str]:
     return frozenset(s.prompt for s in make_scenes(MAX_EVAL_PER_CATEGORY, EVAL_SEED))
 
 
-def calibration_prompts(n: int, seed: int = 1) -> list[str]:
-    """``n`` prompts of the grammar (categories in turn) that no evaluation set uses."""
+def calibration_scenes(n: int, seed: int = 1) -> list[tuple[str, Spec]]:
+    """``n`` (prompt, spec) pairs of the grammar (categories in turn) no evaluation set uses."""
     if n <= 0:
         raise ValueError(f"need a positive number of calibration prompts, got {n}")
     banned = _evaluation_prompts()
     rng = np.random.default_rng([seed, 7919])
-    out = []
+    out, exhausted, turn = [], set(), 0
     while len(out) < n:
-        category = CATEGORIES[len(out) % len(CATEGORIES)]
-        for _ in range(1000):
-            prompt, _ = sample_spec(rng, category)
-            if prompt not in banned:
-                break
-        else:  # every prompt of this category is used by evaluation: take another category
+        if len(exhausted) == len(CATEGORIES):
+            raise ValueError(f"the grammar has fewer than {n} prompts outside the evaluation sets")
+        category = CATEGORIES[turn % len(CATEGORIES)]
+        turn += 1
+        if category in exhausted:
             continue
-        out.append(prompt)
+        for _ in range(1000):
+            prompt, spec = sample_spec(rng, category)
+            if prompt not in banned:
+                out.append((prompt, spec))
+                break
+        else:  # every prompt of this category is used by evaluation
+            exhausted.add(category)
     return out
+
+
+def calibration_prompts(n: int, seed: int = 1) -> list[str]:
+    """``n`` prompts of the grammar (categories in turn) that no evaluation set uses."""
+    return [prompt for prompt, _ in calibration_scenes(n, seed)]
 
 
 def training_batch(rng: np.random.Generator, batch_size: int) -> tuple[list[str], np.ndarray]:

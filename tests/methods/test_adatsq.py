@@ -1,0 +1,100 @@
+"""AdaTSQ end to end on a tiny pipeline: Fisher, Eq. 6 weights, search within budget, selection."""
+
+import numpy as np
+import pytest
+import torch
+from tests.conftest import PROMPTS, fresh_copy
+
+from adatsq.calib.fisher import fisher_information, temporal_weights
+from adatsq.calib.gptq import hessian_error
+from adatsq.config import ActivationSpec, Recipe, WeightSpec
+from adatsq.pipeline import quantize_
+from adatsq.quant.rotation import rotate, rotate_hessian
+
+SMALL = {"fisher_prompts": 4, "select_prompts": 4, "select_paths": 2, "num_candidates": 4}
+
+
+@pytest.fixture(scope="module")
+def fisher(calibrated):
+    pipe, _ = calibrated
+    return fisher_information(pipe, PROMPTS, seed=0, micro_batch=2, progress=False)
+
+
+def test_fisher_shape_positive_and_deterministic(calibrated, fisher):
+    pipe, _ = calibrated
+    layers = list(pipe.adapter.quantizable_layers(pipe.transformer))
+    assert fisher.layers == layers
+    assert fisher.scores.shape == (len(layers), pipe.default_steps)
+    assert np.isfinite(fisher.scores).all() and (fisher.scores > 0).all()
+    again = fisher_information(pipe, PROMPTS, seed=0, micro_batch=2, progress=False)
+    np.testing.assert_allclose(again.scores, fisher.scores, rtol=1e-6)
+    # gradients flowed only for the duration of the estimate
+    assert not any(p.requires_grad for p in pipe.transformer.parameters())
+
+
+def test_temporal_weights_are_a_tempered_softmax(fisher):
+    for tau in (0.1, 1.0, 10.0):
+        alpha = temporal_weights(fisher.scores, tau)
+        np.testing.assert_allclose(alpha.sum(axis=1), 1.0, rtol=1e-12)
+    hot, cold = temporal_weights(fisher.scores, 1e6), temporal_weights(fisher.scores, 1e-3)
+    np.testing.assert_allclose(hot, 1.0 / fisher.scores.shape[1], rtol=1e-4)
+    np.testing.assert_array_equal(cold.argmax(axis=1), fisher.scores.argmax(axis=1))
+    assert (cold.max(axis=1) > 0.99).all()
+    with pytest.raises(ValueError, match="tau"):
+        temporal_weights(fisher.scores, 0.0)
+
+
+def test_fisher_guided_gptq_lowers_the_weighted_error(calibrated, fisher):
+    """Eq. 7: calibrating on H' lowers sum_t alpha_t ||W X_t - Q X_t||^2 against uniform GPTQ."""
+    from adatsq.calib.gptq import gptq_quantize
+    from adatsq.quant.primitives import WeightQuantizer
+
+    pipe, stats = calibrated
+    alpha = temporal_weights(fisher.scores, 0.2)
+    wins = 0
+    total = {"fisher": 0.0, "uniform": 0.0}
+    for li, (name, layer) in enumerate(pipe.adapter.quantizable_layers(pipe.transformer).items()):
+        W = rotate(layer.weight.double()).float()
+        weights = torch.tensor(alpha[li], dtype=torch.float32)
+        H_fisher = rotate_hessian(stats.hessian_sum(name, weights).double()).float()
+        H_uniform = rotate_hessian(stats.hessian_sum(name).double()).float()
+        q = WeightQuantizer(3)
+        errs = {k: float(hessian_error(W, gptq_quantize(W, H, q).weight, H_fisher))
+                for k, H in (("fisher", H_fisher), ("uniform", H_uniform))}
+        wins += errs["fisher"] <= errs["uniform"]
+        for k in errs:
+            total[k] += errs[k]
+    assert total["fisher"] < total["uniform"]
+    assert wins >= 0.7 * len(fisher.layers)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_adatsq_meets_the_budget_with_dynamic_bits(calibrated, bits):
+    pipe = fresh_copy(calibrated[0])
+    _, stats = calibrated
+    recipe = Recipe(method="adatsq", weights=WeightSpec(bits=bits),
+                    activations=ActivationSpec(bits=bits), options=SMALL)
+    policy = quantize_(pipe, recipe, progress=False, stats=stats)
+    m = policy.bit_matrix()
+    assert set(np.unique(m)) <= {3, 4, 8}
+    assert policy.average_activation_bits <= bits + 0.1 + 1e-9
+    search = policy.settings["search"]
+    assert search["mean_bits"] == pytest.approx(policy.average_activation_bits)
+    assert len(search["selection_scores"]) == len(search["tried"]) >= 1
+    assert torch.isfinite(pipe.generate(PROMPTS[:2], seed=0)).all()
+
+
+def test_ablation_without_pareto_keeps_uniform_bits(calibrated):
+    pipe = fresh_copy(calibrated[0])
+    _, stats = calibrated
+    recipe = Recipe(method="adatsq", weights=WeightSpec(bits=4), activations=ActivationSpec(bits=4),
+                    options={"pareto": False, "calib": "none"})
+    policy = quantize_(pipe, recipe, progress=False, stats=stats)
+    assert (policy.bit_matrix() == 4).all() and "search" not in policy.settings
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="calib"):
+        Recipe(method="adatsq", options={"calib": "magic"})
+    with pytest.raises(ValueError, match="unknown key"):
+        Recipe(method="adatsq", options={"temperature": 1.0})

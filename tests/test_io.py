@@ -1,0 +1,116 @@
+"""Artifacts: packed codes, save -> load bit-exact (per-step bits included), corruption refused."""
+
+import json
+
+import pytest
+import torch
+
+from adatsq import io
+from adatsq.config import ActivationSpec, Recipe, WeightSpec
+from adatsq.pipeline import attach_tracker, load_artifact, quantize_
+from adatsq.quant.primitives import pack_codes, unpack_codes
+from tests.conftest import PROMPTS, fresh_copy
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_pack_unpack_roundtrip(bits):
+    codes = torch.randint(0, 2**bits, (7, 24), dtype=torch.uint8)
+    packed = pack_codes(codes, bits)
+    assert packed.numel() == (codes.numel() * bits + 7) // 8
+    assert torch.equal(unpack_codes(packed, bits, tuple(codes.shape)), codes)
+
+
+@pytest.fixture(scope="module", params=["rtn", "svdquant", "adatsq"])
+def saved(request, calibrated, tmp_path_factory):
+    pipe = fresh_copy(calibrated[0])
+    options = {"adatsq": {"fisher_prompts": 4, "select_prompts": 4, "select_paths": 2,
+                          "num_candidates": 4}, "svdquant": {"rank": 4}}.get(request.param, {})
+    recipe = Recipe(method=request.param, weights=WeightSpec(bits=3),
+                    activations=ActivationSpec(bits=3), options=options)
+    policy = quantize_(pipe, recipe, progress=False, stats=calibrated[1])
+    path = tmp_path_factory.mktemp("artifacts") / request.param
+    io.save(pipe.transformer, policy, path, pipe.source())
+    return pipe, policy, path
+
+
+def _tiny_registry(monkeypatch, pipe):
+    from adatsq.zoo import registry
+
+    monkeypatch.setitem(registry.ENTRIES, pipe.entry.name, pipe.entry)
+
+
+def test_save_load_is_bit_exact(saved, monkeypatch):
+    pipe, policy, path = saved
+    _tiny_registry(monkeypatch, pipe)
+    loaded, loaded_policy = load_artifact(path)
+    assert loaded_policy.to_dict() == json.loads(json.dumps(policy.to_dict()))
+    want = pipe.generate(PROMPTS, seed=3)
+    got = loaded.generate(PROMPTS, seed=3)
+    assert torch.equal(got, want)
+    assert io.model_bytes(loaded.transformer) == io.model_bytes(pipe.transformer)
+
+
+def test_packed_size_is_smaller_than_fp16(saved):
+    pipe, _, path = saved
+    fp16 = sum(p.numel() * 2 for p in pipe.entry.build_model().parameters())
+    assert io.model_bytes(pipe.transformer) < fp16
+    on_disk = (path / "model.safetensors").stat().st_size
+    assert on_disk < fp16 * 1.05 + 20_000  # header and FP16 non-quantized parts
+
+
+def test_bits_follow_the_timestep_value_not_a_counter(saved, monkeypatch):
+    """The quantized transformer picks each step's bits from the timestep it is called with."""
+    pipe, policy, path = saved
+    _tiny_registry(monkeypatch, pipe)
+    loaded, _ = load_artifact(path)
+    model = loaded.transformer
+    seen = []
+    layer = next(m for m in model.modules() if hasattr(m, "current_bits"))
+    handle = layer.register_forward_pre_hook(lambda m, i: seen.append(m.current_bits()))
+    name = next(n for n, m in model.named_modules() if m is layer)
+    for t in reversed(range(policy.steps)):  # any order: no counter involved
+        x = torch.randn(1, 16, 48)
+        cond = loaded.encode(["a 3"])
+        loaded.adapter.denoise(model, x, cond, torch.tensor([policy.schedule[t]]))
+    handle.remove()
+    assert seen == list(reversed(policy.layers[name].activation_bits))
+    attach_tracker(model, loaded.adapter, policy.schedule)  # re-attaching replaces, not stacks
+
+
+def test_corrupt_and_mismatched_artifacts_are_refused(saved, tmp_path, monkeypatch):
+    import shutil
+
+    pipe, _, path = saved
+    _tiny_registry(monkeypatch, pipe)
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    with open(bad / "model.safetensors", "r+b") as fh:
+        fh.seek(200)
+        fh.write(b"\x00\x01\x02")
+    with pytest.raises(io.ArtifactError, match="checksum"):
+        load_artifact(bad)
+    shutil.copytree(path, tmp_path / "manifest", dirs_exist_ok=True)
+    (tmp_path / "manifest" / "manifest.json").write_text("{not json")
+    with pytest.raises(io.ArtifactError, match="corrupt"):
+        load_artifact(tmp_path / "manifest")
+    with pytest.raises(io.ArtifactError, match="no manifest"):
+        load_artifact(tmp_path / "nothing")
+    wrong = tmp_path / "wrong"
+    shutil.copytree(path, wrong)
+    manifest = json.loads((wrong / "manifest.json").read_text())
+    manifest["config"]["num_attention_heads"] = 4
+    (wrong / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(io.ArtifactError):
+        load_artifact(wrong)
+
+
+def test_save_writes_nothing_half_done(saved, tmp_path, monkeypatch):
+    pipe, policy, _ = saved
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io, "save_file", boom)
+    with pytest.raises(OSError):
+        io.save(pipe.transformer, policy, tmp_path / "art", pipe.source())
+    assert list(tmp_path.iterdir()) == []
