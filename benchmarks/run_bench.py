@@ -1,8 +1,10 @@
 """`make bench`: the full comparison behind BENCHMARKS.md.
 
-For every model: every method at every bit setting on 100 evaluation prompts per GenEval category
-(50 sampling steps for flux-digits), plus the activation-outlier measurement. Writes
-runs/bench/<model>/report.json, report.md, samples.png, outliers.json and outliers.png.
+For every model: FP, RTN at W8A8, every baseline and AdaTSQ at W4A4 and W3A3, and the ablation
+rows of the paper's Table 3 at W3A3, on 100 evaluation prompts per GenEval category (50 sampling
+steps for flux-digits); plus the activation-outlier measurement. Writes
+runs/bench/<model>/report.json, report.md, samples.png, figures/, artifacts/ (the two AdaTSQ rows),
+outliers.json, outliers.png and timing.json.
 """
 
 from __future__ import annotations
@@ -12,18 +14,46 @@ import logging
 import time
 from pathlib import Path
 
-from adatsq.cli import _rows
-from adatsq.eval.report import compare, markdown_table, write_json
+from adatsq.eval.report import compare, make_rows, markdown_table, write_json
 
-BENCH_METHODS = ["fp", "rtn"]
-BENCH_BITS = ["W8A8", "W4A4", "W3A3"]
+METHODS = ["rtn", "smoothquant", "quarot", "vidit_q", "svdquant", "q_dit", "gptq", "adatsq"]
+ABLATIONS = ["minmax", "+pareto", "+fisher_calib", "+pareto+avg_calib"]
+
+
+def bench_rows(methods: list[str] | None = None):
+    """The rows of `make bench` (a subset of methods with ``methods``)."""
+    methods = methods or ["fp", *METHODS, *ABLATIONS]
+    rows = []
+    for m in methods:
+        if m == "fp":
+            rows += make_rows(["fp"], [])
+        elif m == "rtn":
+            rows += make_rows(["rtn"], ["W8A8", "W4A4", "W3A3"])
+        elif m in ABLATIONS:
+            rows += make_rows([m], ["W3A3"])
+        else:
+            rows += make_rows([m], ["W4A4", "W3A3"])
+    return rows
+
+
+def outliers(model: str, out: Path, prompts: int = 32) -> dict:
+    """Channel max / median channel max per layer and step, on calibration prompts."""
+    from adatsq.eval.plots import outlier_plot
+    from adatsq.eval.report import activation_outliers
+    from adatsq.pipeline import load_pipeline
+
+    pipe = load_pipeline(model)
+    result = activation_outliers(pipe, pipe.calibration_prompts(prompts, 1))
+    write_json(result, out / "outliers.json")
+    outlier_plot(result["outlier_ratio"], out / "outliers.png",
+                 title=f"{model}: activation outliers per layer and step")
+    return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default="flux-digits", help="space-separated zoo names")
-    parser.add_argument("--methods", default=",".join(BENCH_METHODS))
-    parser.add_argument("--bits", default=",".join(BENCH_BITS))
+    parser.add_argument("--methods", help="comma-separated subset (default: all)")
     parser.add_argument("--per-category", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
@@ -31,9 +61,12 @@ def main() -> int:
     for model in args.models.split():
         t0 = time.time()
         out = args.out / model
-        report = compare(model, _rows(args.methods.split(","), args.bits.split(",")),
-                         args.per_category, out, artifacts_dir=None)
-        write_json({"wall_seconds": time.time() - t0}, out / "timing.json")
+        out.mkdir(parents=True, exist_ok=True)
+        outliers(model, out)
+        rows = bench_rows(args.methods.split(",") if args.methods else None)
+        report = compare(model, rows, args.per_category, out, artifacts_dir=out / "artifacts",
+                         artifact_methods=("adatsq",))
+        write_json({"wall_seconds": time.time() - t0, "rows": len(rows)}, out / "timing.json")
         print(f"## {model}\n\n{markdown_table(report)}\n")
     return 0
 

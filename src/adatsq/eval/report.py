@@ -118,19 +118,54 @@ def _showcase(n_per_category: int, per_category: int = 2) -> list[int]:
             for i in range(min(per_category, n_per_category))]
 
 
+class _Calibrations:
+    """Calibration statistics shared by the rows with the same calibration spec.
+
+    Every method then sees the very same calibration data; each row's ``seconds`` still includes
+    the capture time.
+    """
+
+    def __init__(self, progress: bool):
+        self.cache: dict[Any, tuple[Any, float]] = {}
+        self.progress = progress
+
+    def get(self, pipe, recipe: Recipe):
+        from adatsq.calib.capture import CaptureConfig, capture
+        from adatsq.methods import get_method
+
+        if get_method(recipe.method).capture is None:
+            return None, 0.0
+        c = recipe.calibration
+        key = (c.num_prompts, c.seed, c.steps)
+        if key not in self.cache:
+            t0 = time.time()
+            prompts = pipe.calibration_prompts(c.num_prompts, c.seed)
+            stats = capture(pipe, prompts, seed=c.seed, steps=c.steps,
+                            config=CaptureConfig(hessian="per_step"), progress=self.progress)
+            self.cache[key] = (stats, time.time() - t0)
+        return self.cache[key]
+
+
 def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Path,
             seed: int = 0, steps: int | None = None, progress: bool = True,
-            artifacts_dir: str | Path | None = None) -> dict[str, Any]:
+            artifacts_dir: str | Path | None = None, figures: bool = True,
+            artifact_methods: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Evaluates ``rows`` on ``model`` and writes the reports to ``out_dir``.
 
     Args:
         model: a zoo name.
         n_per_category: evaluation prompts per GenEval category.
         seed: noise seed shared by every row.
-        artifacts_dir: if given, the artifact of every quantized row is saved there.
+        artifacts_dir: if given, the artifact of every quantized row is saved there (of the rows
+            whose method is in ``artifact_methods``, when given).
+        figures: write the figures of rows that have them (Fisher, bits, Pareto) to
+            ``out_dir/figures``.
     """
     from adatsq import io
+    from adatsq.eval.figures import run_figures
     from adatsq.pipeline import load_pipeline, quantize_
+
+    calibrations = _Calibrations(progress)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,9 +187,14 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
                 from dataclasses import replace
 
                 recipe = replace(recipe, calibration=replace(recipe.calibration, steps=steps))
-            policy = quantize_(pipe, recipe, progress=progress)
+            stats, capture_seconds = calibrations.get(pipe, recipe)
+            t0 -= capture_seconds
+            policy = quantize_(pipe, recipe, progress=progress, stats=stats)
             w_bits, a_bits = policy.weight_bits, policy.average_activation_bits
             settings = policy.settings
+            if figures and ("fisher" in settings or "search" in settings):
+                run_figures(policy, stats, load_pipeline(model).transformer, out_dir / "figures",
+                            prefix=f"{row.label.replace(' ', '_')}_")
         else:
             policy, w_bits, a_bits, settings = None, FULL_PRECISION, float(FULL_PRECISION), {}
         seconds = time.time() - t0
@@ -179,15 +219,21 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
             "seconds": round(seconds, 2),
             "granularity": settings.get("granularity"),
         }
-        extra = {k: v for k, v in settings.items() if k in ("search", "options")}
+        if "search" in settings:
+            keys = ("budget", "keep", "mean_bits", "total_loss", "truncated", "tried",
+                    "selection_scores", "chosen")
+            entry["search"] = {k: settings["search"][k] for k in keys}
+        if "group_sizes" in settings:
+            entry["group_sizes"] = settings["group_sizes"]
         if row.recipe is not None and row.recipe.options:
-            extra["options"] = row.recipe.options
-        entry.update(extra)
+            entry["options"] = row.recipe.options
         report_rows.append(entry)
         grid[f"{row.label}"] = images[show].numpy()
         log.info("%s: total %.3f", row.label, result.total)
-        if artifacts_dir is not None and policy is not None:
-            io.save(pipe.transformer, policy, Path(artifacts_dir) / row.label, pipe.source())
+        if artifacts_dir is not None and policy is not None and (
+                artifact_methods is None or row.method in artifact_methods):
+            io.save(pipe.transformer, policy, Path(artifacts_dir) / row.label.replace(" ", "_"),
+                    pipe.source())
         report = {"model": model, "steps": steps_used, "num_prompts": len(prompts),
                   "seed": seed, "rows": report_rows}
         _write(report, grid, [prompts[i] for i in show], out_dir)

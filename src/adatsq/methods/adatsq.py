@@ -109,6 +109,15 @@ class AdaTSQ(Method):
     capture = "per_step"
     metric = None  # a user's ``metric(images, prompts) -> float`` for the final selection
 
+    def __init__(self, recipe):
+        super().__init__(recipe)
+        budget = recipe.activations.bits + self.options.extra_bits
+        lowest = min(self.options.bit_choices)
+        if self.options.pareto and budget < lowest:
+            raise ValueError(f"infeasible bit target: A{recipe.activations.bits} plus "
+                             f"{self.options.extra_bits:g} is below the smallest bit choice "
+                             f"{lowest}; raise --a-bits or add a lower width to bit_choices")
+
     def granularity(self):
         g = super().granularity()
         g["activations"] = f"{g['activations']}, Hadamard-rotated" + (

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from adatsq.config import MethodOptions
 from adatsq.methods.base import Method, register
 from adatsq.quant.qlinear import QuantLinear
-from adatsq.quant.smoothing import smooth_weight, smoothing_factors
+from adatsq.quant.smoothing import check_alpha, smooth_weight, smoothing_factors
 
 
 @dataclass(frozen=True)
 class SmoothQuantOptions(MethodOptions):
     alpha: float = 0.5
+
+    def __post_init__(self):
+        check_alpha(self.alpha)
 
 
 @register

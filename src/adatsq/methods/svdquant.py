@@ -18,7 +18,7 @@ from adatsq.config import MethodOptions
 from adatsq.methods.base import Method, register
 from adatsq.quant.lowrank import lowrank_split
 from adatsq.quant.qlinear import QuantLinear
-from adatsq.quant.smoothing import smooth_weight, smoothing_factors
+from adatsq.quant.smoothing import check_alpha, smooth_weight, smoothing_factors
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class SVDQuantOptions(MethodOptions):
     def __post_init__(self):
         if self.rank <= 0:
             raise ValueError(f"SVDQuant rank must be positive, got {self.rank}")
+        check_alpha(self.alpha)
 
 
 @register

@@ -18,13 +18,16 @@ from adatsq.config import MethodOptions
 from adatsq.methods.base import Method, register
 from adatsq.quant.qlinear import QuantLinear
 from adatsq.quant.rotation import rotate
-from adatsq.quant.smoothing import smooth_weight, smoothing_factors
+from adatsq.quant.smoothing import check_alpha, smooth_weight, smoothing_factors
 
 
 @dataclass(frozen=True)
 class ViDiTQOptions(MethodOptions):
     alpha: float = 0.5
     rotate: bool = True
+
+    def __post_init__(self):
+        check_alpha(self.alpha)
 
 
 @register

@@ -14,6 +14,13 @@ from __future__ import annotations
 import torch
 
 
+def check_alpha(alpha: float) -> float:
+    """``alpha`` if it is a valid migration strength, else a one-line ``ValueError``."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"smoothing alpha must be in [0, 1], got {alpha}")
+    return alpha
+
+
 def smoothing_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float,
                       eps: float = 1e-5) -> torch.Tensor:
     """Smoothing factors ``s`` (in,) for a layer.
@@ -29,8 +36,7 @@ def smoothing_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: flo
         >>> s.tolist()
         [10.0, 1.0]
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"smoothing alpha must be in [0, 1], got {alpha}")
+    check_alpha(alpha)
     if act_absmax.shape != weight.shape[1:]:
         raise ValueError(f"activation ranges of shape {tuple(act_absmax.shape)} do not match a "
                          f"weight of shape {tuple(weight.shape)}")

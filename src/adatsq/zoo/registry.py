@@ -88,8 +88,9 @@ class ZooEntry:
         out = adapter.denoise(model, xt, cond, sigma)
         return torch.nn.functional.mse_loss(out, noise - x0)
 
-    def export(self, weights: Path, train_config) -> Path:
-        """Copies trained weights into the package with a JSON description beside them."""
+    def export(self, weights: Path, train_config, history: Path | None = None) -> Path:
+        """Copies trained weights into the package with a JSON description beside them
+        (and a summary of the run from its ``history.jsonl``: steps, wall time, final loss)."""
         from dataclasses import asdict
 
         WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -100,6 +101,13 @@ class ZooEntry:
         os.replace(tmp, target)
         meta = {"model_class": self.model_class, "transformer_config": self.transformer_config,
                 "train_config": asdict(train_config)}
+        if history is not None and history.exists():
+            records = [json.loads(line) for line in history.read_text().splitlines() if line]
+            if records:
+                tail = records[-20:]
+                meta["training"] = {"steps": records[-1]["step"],
+                                    "wall_seconds": records[-1]["elapsed"],
+                                    "final_loss": sum(r["loss"] for r in tail) / len(tail)}
         target.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
         return target
 

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         from adatsq.zoo import registry
 
-        registry.get(args.name).export(weights, cfg)
+        registry.get(args.name).export(weights, cfg, args.out / "history.jsonl")
     return 0
 
 

@@ -1,0 +1,71 @@
+"""The command line: listing, quantize -> artifact -> generate, and one-line errors (exit 2)."""
+
+import json
+
+import pytest
+
+from adatsq.cli import main
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("adatsq: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_zoo_json_lists_the_embedded_models(capsys):
+    assert main(["zoo", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    flux = next(e for e in entries if e["name"] == "flux-digits")
+    assert flux["model_class"] == "FluxTransformer2DModel" and flux["steps"] == 50
+    assert flux["trained"]
+
+
+def test_quantize_then_generate_from_the_artifact(tmp_path, capsys):
+    art = tmp_path / "art"
+    assert main(["quantize", "flux-digits", "--method", "rtn", "--w-bits", "4", "--a-bits", "4",
+                 "--out", str(art)]) == 0
+    assert {p.name for p in art.iterdir()} == {"model.safetensors", "manifest.json", "policy.json"}
+    out = tmp_path / "samples.png"
+    assert main(["generate", "--artifact", str(art), "--prompt", "a red 3", "--steps", "2",
+                 "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["quantize", "no-such-model", "--out", "x"], "unknown model"),
+    (["quantize", "flux-digits", "--w-bits", "9", "--out", "x"], "bit width"),
+    (["quantize", "flux-digits", "--method", "magic", "--out", "x"], "unknown method"),
+    (["quantize", "flux-digits", "--method", "adatsq", "--a-bits", "2", "--out", "x"],
+     "infeasible bit target"),
+    (["quantize", "flux-digits", "--options", "{\"alpha\": 2}", "--method", "smoothquant",
+      "--out", "x"], "alpha"),
+    (["generate", "--artifact", "missing-dir", "--prompt", "a 3"], "no manifest"),
+    (["generate", "flux-digits", "--prompts-file", "missing.txt"], "does not exist"),
+    (["evaluate", "flux-digits", "--bits", "W4", "--out", "x"], "W4A4"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)
+    assert words in _error(capsys, argv)
+    assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_empty_prompt_file_is_refused(capsys, tmp_path):
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n\n")
+    assert "no prompts" in _error(capsys, ["generate", "flux-digits", "--prompts-file", str(empty)])
+
+
+def test_nan_in_calibration_is_refused(calibrated):
+    import torch
+
+    from adatsq.calib.capture import capture
+    from tests.conftest import fresh_copy
+
+    pipe = fresh_copy(calibrated[0])
+    layer = next(iter(pipe.adapter.quantizable_layers(pipe.transformer).values()))
+    with torch.no_grad():
+        layer.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        capture(pipe, ["a 3"], progress=False)
