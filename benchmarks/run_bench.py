@@ -50,6 +50,16 @@ def outliers(model: str, out: Path, prompts: int = 32) -> dict:
     return result
 
 
+def ceiling(out: Path, per_category: int) -> dict:
+    """DigitEval of real held-out scenes (the evaluator's ceiling) on the evaluation layout."""
+    from adatsq.eval.digiteval import ceiling as real_ceiling
+    from adatsq.zoo.scenes import EVAL_SEED
+
+    result = real_ceiling(per_category, EVAL_SEED).to_dict()
+    write_json(result, out / "ceiling.json")
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default="flux-digits", help="space-separated zoo names")
@@ -63,6 +73,7 @@ def main() -> int:
         out = args.out / model
         out.mkdir(parents=True, exist_ok=True)
         outliers(model, out)
+        ceiling(out, args.per_category)
         rows = bench_rows(args.methods.split(",") if args.methods else None)
         report = compare(model, rows, args.per_category, out, artifacts_dir=out / "artifacts",
                          artifact_methods=("adatsq",))
