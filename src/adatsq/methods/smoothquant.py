@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from adatsq.config import MethodOptions
 from adatsq.methods.base import Method, register
 from adatsq.quant.qlinear import QuantLinear
-from adatsq.quant.smoothing import check_alpha, smooth_weight, smoothing_factors
+from adatsq.quant.smoothing import check_alpha, smooth_layer
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,6 @@ class SmoothQuant(Method):
     capture = "none"
 
     def quantize_layer(self, name, linear, stats, tracker):
-        s = smoothing_factors(stats.absmax[name].amax(0), linear.weight, self.options.alpha)
-        W = smooth_weight(linear.weight, s)
+        s, W = smooth_layer(linear.weight, stats.absmax[name], self.options.alpha)
         return QuantLinear.from_linear(linear, self.recipe.weights, self.activation(), tracker,
                                        weight=W, smooth=s)

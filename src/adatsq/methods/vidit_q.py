@@ -18,7 +18,7 @@ from adatsq.config import MethodOptions
 from adatsq.methods.base import Method, register
 from adatsq.quant.qlinear import QuantLinear
 from adatsq.quant.rotation import rotate
-from adatsq.quant.smoothing import check_alpha, smooth_weight, smoothing_factors
+from adatsq.quant.smoothing import check_alpha, smooth_layer
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,7 @@ class ViDiTQ(Method):
     capture = "none"
 
     def quantize_layer(self, name, linear, stats, tracker):
-        s = smoothing_factors(stats.absmax[name].amax(0), linear.weight, self.options.alpha)
-        W = smooth_weight(linear.weight, s)
+        s, W = smooth_layer(linear.weight, stats.absmax[name], self.options.alpha)
         if self.options.rotate:
             W = rotate(W.double()).float()
         return QuantLinear.from_linear(linear, self.recipe.weights, self.activation(), tracker,

@@ -53,6 +53,14 @@ def smooth_weight(weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return weight.detach().float() * s[None, :]
 
 
+def smooth_layer(weight: torch.Tensor, act_absmax: torch.Tensor,
+                 alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, W diag(s))`` for a layer, from its input ranges (T, in) per step or (in,)."""
+    ranges = act_absmax.amax(0) if act_absmax.dim() == 2 else act_absmax
+    s = smoothing_factors(ranges, weight, alpha)
+    return s, smooth_weight(weight, s)
+
+
 def smooth_hessian(H: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """The Hessian of the smoothed inputs: ``diag(1/s) H diag(1/s)``."""
     inv = 1.0 / s.to(H.dtype)
