@@ -183,6 +183,29 @@ def gptq_section() -> list[str]:
     return out + [""]
 
 
+def sweeps_section() -> list[str]:
+    out = []
+    g = _load(ROOT / "benchmarks" / "results" / "guidance.json")
+    if g:
+        out += ["## Classifier-free guidance of flux-digits (FP)", "",
+                f"Command: `python benchmarks/bench_guidance.py` ({g['per_category']} evaluation "
+                "prompts per category, 50 steps).", "", "| guidance scale | total | ±se |",
+                "|---|---|---|"]
+        out += [f"| {r['guidance_scale']:g} | {r['total']:.3f} | {r['total_se']:.3f} |"
+                for r in g["rows"]]
+        out.append("")
+    t = _load(ROOT / "benchmarks" / "results" / "tau.json")
+    if t:
+        out += ["## Temperature of Fisher-guided calibration (Eq. 6)", "",
+                f"Command: `python benchmarks/bench_tau.py` ({t['bits']}, uniform activation bits, "
+                f"{t['prompts']} selection prompts disjoint from evaluation; tau = inf is uniform "
+                "calibration).", "", "| tau | DigitEval | PSNR dB |", "|---|---|---|"]
+        out += [f"| {'inf' if r['tau'] is None else r['tau']} | {r['digiteval']:.3f} | "
+                f"{r['psnr']:.2f} |" for r in t["rows"]]
+        out.append("")
+    return out
+
+
 def search_section() -> list[str]:
     res = _load(ROOT / "benchmarks" / "results" / "search.json")
     out = ["## Beam search against the exact optimum", "",
@@ -210,7 +233,8 @@ def main() -> int:
              "`python benchmarks/write_benchmarks.py`; each section names its command. Machine: "
              f"{platform.machine()}, 2 CPU cores, torch {torch.__version__}.", ""]
     for section in (training_section(), classifier_section(bench), table_section(bench),
-                    outlier_section(bench), demo_section(), gptq_section(), search_section()):
+                    outlier_section(bench), demo_section(), sweeps_section(), gptq_section(),
+                    search_section()):
         lines += section
     notes = ROOT / "benchmarks" / "NOTES.md"
     if notes.exists():

@@ -70,6 +70,7 @@ class CalibrationStats:
     latents: torch.Tensor | None = None  # (T, B, N, C) input latents of every step
     sigmas: torch.Tensor | None = None  # (T,)
     cond: Conditioning | None = None
+    derived: dict = field(default_factory=dict)  # results computed from these stats, for reuse
 
     def hessian_sum(self, name: str, weights: torch.Tensor | None = None) -> torch.Tensor:
         """``sum_t w_t H_t`` for layer ``name`` (uniform ``w_t = 1/T`` by default), per row."""

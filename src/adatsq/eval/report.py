@@ -12,6 +12,7 @@ weights as stored. Outputs: ``report.json`` (schema below), ``report.md`` and ``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -143,7 +144,9 @@ class _Calibrations:
             stats = capture(pipe, prompts, seed=c.seed, steps=c.steps,
                             config=CaptureConfig(hessian="per_step"), progress=self.progress)
             self.cache[key] = (stats, time.time() - t0)
-        return self.cache[key]
+        stats, seconds = self.cache[key]
+        # each row derives its own Fisher etc., so that its time to quantize is complete
+        return dataclasses.replace(stats, derived={}), seconds
 
 
 def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Path,

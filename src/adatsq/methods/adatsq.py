@@ -129,24 +129,34 @@ class AdaTSQ(Method):
         o = self.options
         model, adapter = pipeline.transformer, pipeline.adapter
         self.fisher: FisherResult | None = None
+        seed = self.recipe.calibration.seed
         if o.pareto or o.calib == "fisher":
-            prompts = pipeline.calibration_prompts(o.fisher_prompts, self.recipe.calibration.seed)
-            self.fisher = fisher_information(pipeline, prompts, steps=stats.steps,
-                                             seed=self.recipe.calibration.seed)
+            key = ("fisher", o.fisher_prompts, seed)  # shared by runs on the same statistics
+            if key not in stats.derived:
+                prompts = pipeline.calibration_prompts(o.fisher_prompts, seed)
+                stats.derived[key] = fisher_information(pipeline, prompts, steps=stats.steps,
+                                                        seed=seed)
+            self.fisher = stats.derived[key]
         self.alpha = None
         if o.calib == "fisher":
             self.alpha = dict(zip(self.fisher.layers, temporal_weights(self.fisher.scores, o.tau)))
         # FP outputs along the calibration trajectory, for the step losses of Eq. 2
         self.fp_out = None
         if o.pareto:
-            with torch.no_grad():
-                self.fp_out = torch.stack([
-                    adapter.denoise(model, stats.latents[t], stats.cond,
-                                    torch.full((stats.latents.shape[1],), float(stats.sigmas[t])))
-                    for t in range(stats.steps)])  # (T, B, N, C)
+            if "fp_out" not in stats.derived:
+                with torch.no_grad():
+                    B = stats.latents.shape[1]
+                    stats.derived["fp_out"] = torch.stack([
+                        adapter.denoise(model, stats.latents[t], stats.cond,
+                                        torch.full((B,), float(stats.sigmas[t])))
+                        for t in range(stats.steps)])  # (T, B, N, C)
+            self.fp_out = stats.derived["fp_out"]
             self.selection = self._selection_set(pipeline)
-            self.selection_fp = pipeline.generate(self.selection[0], steps=stats.steps,
-                                                  seed=self.recipe.calibration.seed + 1)
+            key = ("selection_fp", tuple(self.selection[0]), seed + 1)
+            if key not in stats.derived:
+                stats.derived[key] = pipeline.generate(self.selection[0], steps=stats.steps,
+                                                       seed=seed + 1)
+            self.selection_fp = stats.derived[key]
 
     def quantize_layer(self, name, linear, stats, tracker):
         o = self.options
