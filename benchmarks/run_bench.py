@@ -16,7 +16,8 @@ from pathlib import Path
 
 from adatsq.eval.report import compare, make_rows, markdown_table, write_json
 
-METHODS = ["rtn", "smoothquant", "quarot", "vidit_q", "svdquant", "q_dit", "gptq", "adatsq"]
+METHODS = ["rtn", "adatsq", "svdquant", "gptq", "quarot", "vidit_q", "smoothquant", "q_dit"]
+"""In order of interest: report.json is rewritten after every row, so a cut run keeps the first."""
 ABLATIONS = ["minmax", "+pareto", "+fisher_calib", "+pareto+avg_calib"]
 
 

@@ -1,5 +1,7 @@
 """The adapter contract, checked on a tiny random model of every registered adapter."""
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -68,6 +70,24 @@ def test_timestep_reaches_the_tracker(example):
             adapter.denoise(model, latents, cond, torch.full((latents.shape[0],), float(s)))
             assert tracker.index == i
     handle.remove()
+
+
+def test_timestep_of_reads_the_call_positional_or_keyword(example):
+    adapter, model, latents, cond = example
+    sigma = torch.full((latents.shape[0],), 0.4)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, a, k: calls.append((a, k)),
+                                             with_kwargs=True)
+    with torch.no_grad():
+        adapter.denoise(model, latents, cond, sigma)
+    handle.remove()
+    [(args, kwargs)] = calls
+    bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    bound.apply_defaults()
+    expected = adapter.model_timestep(sigma)
+    assert torch.equal(adapter.timestep_of(args, kwargs), expected)
+    assert torch.equal(adapter.timestep_of(bound.args, bound.kwargs), expected)
+    assert torch.equal(adapter.timestep_of((), dict(bound.arguments)), expected)
 
 
 def test_latents_roundtrip(example):

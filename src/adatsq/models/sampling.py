@@ -41,7 +41,7 @@ def sample(adapter: Adapter, model: nn.Module, noise: torch.Tensor, cond: Condit
            uncond: Conditioning | None, steps: int, guidance_scale: float = 1.0,
            shift: float = 1.0, callback: StepCallback | None = None,
            progress: bool | str = False) -> torch.Tensor:
-    """Integrates from ``noise`` (B, N, C) to clean latents.
+    """Integrates from ``noise`` (B, ...) in the adapter's latent layout to clean latents.
 
     Args:
         uncond: conditioning of the empty prompt (batch 1 or B); needed unless

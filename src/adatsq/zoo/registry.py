@@ -81,7 +81,7 @@ class ZooEntry:
         x0 = adapter.to_latents(torch.from_numpy(images))  # (B, N, C*p*p)
         noise = torch.randn(x0.shape, generator=gen)
         sigma = torch.sigmoid(torch.randn(batch_size, generator=gen))  # logit-normal, as SD3
-        s = sigma[:, None, None]
+        s = sigma.view(-1, *[1] * (x0.dim() - 1))
         xt = (1 - s) * x0 + s * noise
         cond = {"encoder_hidden_states": table["states"][rows],
                 "pooled_projections": table["pooled"][rows]}
