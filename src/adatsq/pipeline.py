@@ -92,6 +92,9 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
         prompts = pipeline.calibration_prompts(calib.num_prompts, calib.seed)
         stats = capture(pipeline, prompts, seed=recipe.calibration.seed, steps=steps,
                         config=CaptureConfig(hessian=method.capture), progress=progress)
+    if stats is not None and stats.steps != steps:
+        raise ValueError(f"calibration statistics cover {stats.steps} steps but the recipe "
+                         f"samples {steps}; capture them with the same number of steps")
     tracker = StepTracker(pipeline.schedule(steps))
     method.prepare(pipeline, stats)
     quantized = {}

@@ -14,7 +14,9 @@ stream what the methods need and nothing more:
 Memory: ``"per_step"`` holds ``4 * T * sum_l d_in(l)^2`` bytes; ``"weighted"`` holds
 ``4 * K * sum_l d_in(l)^2`` for K weightings. Flux-Dev (57 blocks; inputs of width 3072 and
 12288, about 5.1e8 summed d_in^2) at 50 steps would need about 100 GB per-step, but 2 GB per
-weighting: use ``"weighted"`` for it. :func:`memory_estimate` tells before capturing.
+weighting. The methods here read per-step Hessians; ``"weighted"`` serves a caller that knows its
+weightings up front (e.g. uniform and Fisher-guided, computed first), layer by layer for such
+models. :func:`memory_estimate` tells before capturing.
 """
 
 from __future__ import annotations

@@ -4,10 +4,9 @@
 denoising loss at the noise level of step ``t``. No training data is needed: the data are the FP
 model's own generations for the calibration prompts (``x0``), re-noised at every step's level,
 ``x_t = (1 - sigma_t) x0 + sigma_t eps``, with the velocity target ``eps - x0`` the model was
-trained on. The expectation over samples is estimated from micro-batches: the squared gradient of
-a micro-batch mean times the micro-batch size estimates the per-sample mean squared gradient when
-per-sample gradients are uncorrelated (the empirical Fisher), at a fraction of the cost of
-per-sample backward passes.
+trained on. The expectation is the mean over samples of the squared per-sample gradient (the
+empirical Fisher), one backward pass per sample by default. Larger micro-batches are cheaper but
+biased: ``m ||mean g||^2 = mean ||g_i||^2 + (m - 1) ||E g||^2`` in expectation.
 """
 
 from __future__ import annotations
@@ -66,7 +65,8 @@ def temporal_weights(scores: np.ndarray, tau: float) -> np.ndarray:
 
 
 def fisher_information(pipeline, prompts: list[str], steps: int | None = None, seed: int = 0,
-                       micro_batch: int = 4, progress: bool = True) -> FisherResult:
+                       micro_batch: int = 1, progress: bool = True,
+                       sigmas: torch.Tensor | None = None) -> FisherResult:
     """Eq. 1 for every quantizable layer of ``pipeline.transformer`` at every sampling step.
 
     Args:
@@ -75,8 +75,9 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
         prompts: calibration prompts (their FP generations are the data).
         steps: sampling steps (default: the pipeline's).
         seed: seed of the generations and of the re-noising.
-        micro_batch: samples per backward pass.
+        micro_batch: samples per backward pass (1: exact empirical Fisher; see above).
         progress: a bar over timesteps.
+        sigmas: noise levels (T,) of the sampling steps (default: the pipeline sampler's).
     """
     from adatsq.models.sampling import sigmas as sigma_schedule
 
@@ -89,7 +90,9 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
     images = pipeline.generate(prompts, seed=seed, steps=steps)
     x0 = adapter.to_latents(images)  # (B, N, C)
     cond = pipeline.encode(prompts)
-    sig = sigma_schedule(steps)  # (T,)
+    sig = sigma_schedule(steps) if sigmas is None else torch.as_tensor(sigmas).float()  # (T,)
+    if len(sig) != steps:
+        raise ValueError(f"{len(sig)} noise levels given for {steps} steps")
     gen = torch.Generator().manual_seed(seed + 7)
     scores = np.zeros((len(names), steps))
     weights = [layers[n].weight for n in names]

@@ -137,12 +137,13 @@ class _Calibrations:
         if get_method(recipe.method).capture is None:
             return None, 0.0
         c = recipe.calibration
-        key = (c.num_prompts, c.seed, c.steps)
+        mode = get_method(recipe.method).capture  # what the method itself would capture
+        key = (c.num_prompts, c.seed, c.steps, mode)
         if key not in self.cache:
             t0 = time.time()
             prompts = pipe.calibration_prompts(c.num_prompts, c.seed)
             stats = capture(pipe, prompts, seed=c.seed, steps=c.steps,
-                            config=CaptureConfig(hessian="per_step"), progress=self.progress)
+                            config=CaptureConfig(hessian=mode), progress=self.progress)
             self.cache[key] = (stats, time.time() - t0)
         stats, seconds = self.cache[key]
         # each row derives its own Fisher etc., so that its time to quantize is complete
@@ -180,19 +181,20 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
     steps_used = None
     report_rows, grid = [], {}
     show = _showcase(n_per_category)
+    rows = sorted(rows, key=lambda r: r.recipe is not None)  # FP first: the fidelity reference
     for row in rows:
         pipe = load_pipeline(model)
         steps_used = steps or pipe.default_steps
-        t0 = time.time()
+        seconds = 0.0
         if row.recipe is not None:
             recipe = row.recipe
             if recipe.calibration.steps is None and steps is not None:
-                from dataclasses import replace
-
-                recipe = replace(recipe, calibration=replace(recipe.calibration, steps=steps))
+                recipe = dataclasses.replace(
+                    recipe, calibration=dataclasses.replace(recipe.calibration, steps=steps))
             stats, capture_seconds = calibrations.get(pipe, recipe)
-            t0 -= capture_seconds
+            t0 = time.time()
             policy = quantize_(pipe, recipe, progress=progress, stats=stats)
+            seconds = time.time() - t0 + capture_seconds
             w_bits, a_bits = policy.weight_bits, policy.average_activation_bits
             settings = policy.settings
             if figures and ("fisher" in settings or "search" in settings):
@@ -200,7 +202,6 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
                             prefix=f"{row.label.replace(' ', '_')}_")
         else:
             policy, w_bits, a_bits, settings = None, FULL_PRECISION, float(FULL_PRECISION), {}
-        seconds = time.time() - t0
         images = pipe.generate(prompts, seed=seed, steps=steps_used,
                                progress=f"{row.label}: sampling" if progress else False)
         result = digiteval.evaluate(images, specs)

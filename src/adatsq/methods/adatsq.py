@@ -131,12 +131,15 @@ class AdaTSQ(Method):
         self.fisher: FisherResult | None = None
         seed = self.recipe.calibration.seed
         if o.pareto or o.calib == "fisher":
-            key = ("fisher", o.fisher_prompts, seed)  # shared by runs on the same statistics
+            key = ("fisher", o.fisher_prompts, seed, stats.steps)  # shared on the same stats
             if key not in stats.derived:
                 prompts = pipeline.calibration_prompts(o.fisher_prompts, seed)
                 stats.derived[key] = fisher_information(pipeline, prompts, steps=stats.steps,
-                                                        seed=seed)
+                                                        seed=seed, sigmas=stats.sigmas)
             self.fisher = stats.derived[key]
+            if self.fisher.layers != list(adapter.quantizable_layers(model)):
+                raise ValueError("the Fisher scores were computed for other layers than this "
+                                 "model's; compute them on the model being quantized")
         self.alpha = None
         if o.calib == "fisher":
             self.alpha = dict(zip(self.fisher.layers, temporal_weights(self.fisher.scores, o.tau)))

@@ -45,6 +45,9 @@ class Method(ABC):
     def activation(self) -> ActivationQuant:
         """The activation quantizer the recipe asks for."""
         a = self.recipe.activations
+        if a.granularity == "tensor":
+            raise ValueError(f"method {self.name!r} quantizes activations dynamically; static "
+                             "per-tensor activations ('tensor') are not supported")
         return ActivationQuant(a.bits, a.granularity, a.symmetric, a.group_size)
 
     def granularity(self) -> dict[str, str]:
