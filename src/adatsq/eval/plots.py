@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -41,7 +42,7 @@ def sample_grid(rows: dict[str, np.ndarray], prompts: list[str], path: str | Pat
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(prompts[c], fontsize=6.5, wrap=True)
+                ax.set_title(textwrap.fill(prompts[c], 16), fontsize=6.5)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
     if title:
