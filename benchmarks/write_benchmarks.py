@@ -130,7 +130,12 @@ def verdict(report) -> list[str]:
             continue
         gap = ada["eval"]["total"] - best["eval"]["total"]
         se = (ada["eval_se"] ** 2 + best["eval_se"] ** 2) ** 0.5
-        word = ("beats every baseline" if gap > 0 else "does not beat every baseline")
+        if abs(gap) < 2 * se:
+            word = "within noise of the best baseline"
+        elif gap > 0:
+            word = "beats every baseline"
+        else:
+            word = "does not beat every baseline"
         out.append(f"- {label}: AdaTSQ (A{ada['a_bits']:.3f}) total {ada['eval']['total']:.3f} "
                    f"vs the best baseline `{best['method']}` {best['eval']['total']:.3f}: "
                    f"{word} on DigitEval (difference {gap:+.3f}, {abs(gap) / se:.1f} standard "
