@@ -140,6 +140,23 @@ def verdict(report) -> list[str]:
                    f"vs the best baseline `{best['method']}` {best['eval']['total']:.3f}: "
                    f"{word} on DigitEval (difference {gap:+.3f}, {abs(gap) / se:.1f} standard "
                    f"errors); PSNR {ada['psnr']:.2f} vs {best['psnr']:.2f} dB.")
+    fp = _row(report, "fp")
+    search = _load(ROOT / "benchmarks" / "results" / "search.json")
+    for label in ("W4A4", "W3A3"):
+        ada = _row(report, "adatsq", label)
+        if ada is None or fp is None:
+            continue
+        mb, fp_mb = ada["model_bytes"] / 1e6, fp["model_bytes"] / 1e6
+        line = (f"- Efficiency (Table 4 analog), AdaTSQ {label}: weights {mb:.2f} MB vs "
+                f"{fp_mb:.2f} MB in FP16 ({fp_mb / mb:.2f}×; embedders, norms and adaLN stay in "
+                "16 bits and weigh much more in a 2 M-parameter model than in Flux-Dev), "
+                f"average activation bits {ada['a_bits']:.3f}, quantized in "
+                f"{ada['seconds']:.0f} s")
+        if search:
+            beam = max(r["beam_ms"] for r in search["summary"]) / 1000
+            share = 100 * beam / ada["seconds"]
+            line += f"; the beam search's own bookkeeping takes {share:.3f}% of it"
+        out.append(line + ".")
     ablation = ["minmax", "+pareto", "+fisher_calib", "+pareto+avg_calib", "adatsq"]
     rows = [_row(report, m, "W3A3") for m in ablation]
     if all(rows):
