@@ -101,6 +101,11 @@ def _set_bits(layers: dict, bits) -> None:
         layer.activation = replace(layer.activation, bits=b)
 
 
+def _path_bits(candidates, path) -> np.ndarray:
+    """Activation bits (L, T) of a path (candidate index per step; padded indices clamp)."""
+    return np.stack([c.bits[min(k, len(c.bits) - 1)] for c, k in zip(candidates, path)], axis=1)
+
+
 @register
 class AdaTSQ(Method):
     name = "adatsq"
@@ -184,7 +189,7 @@ class AdaTSQ(Method):
         config = CandidateConfig(bit_choices=o.bit_choices, num_candidates=o.num_candidates,
                                  num_clusters=o.num_clusters)
         candidates = [generate_candidates(fisher[:, t], config) for t in range(stats.steps)]
-        losses = self._step_losses(pipeline, stats, tracker, layers, candidates)
+        losses = self._step_losses(pipeline, stats, layers, candidates)
         M = max(len(c.avg_bits) for c in candidates)
         avg_bits = np.stack([np.pad(c.avg_bits, (0, M - len(c.avg_bits)), mode="edge")
                              for c in candidates])  # (T, M)
@@ -196,9 +201,7 @@ class AdaTSQ(Method):
         scores = self._select(pipeline, stats, layers, candidates, result.paths[order])
         best = int(order[max(range(len(order)), key=lambda i: scores[i])])
         path = result.paths[best]
-        bit_matrix = np.stack([candidates[t].bits[min(path[t], len(candidates[t].bits) - 1)]
-                               for t in range(stats.steps)], axis=1)  # (L, T)
-        _set_bits(layers, bit_matrix)
+        _set_bits(layers, _path_bits(candidates, path))
         settings["search"] = {
             "budget": budget, "keep": o.keep, "mean_bits": float(result.mean_bits[best]),
             "total_loss": float(result.total_loss[best]), "truncated": result.truncated,
@@ -211,7 +214,7 @@ class AdaTSQ(Method):
         return settings
 
     @torch.no_grad()
-    def _step_losses(self, pipeline, stats, tracker, layers, candidates) -> list[np.ndarray]:
+    def _step_losses(self, pipeline, stats, layers, candidates) -> list[np.ndarray]:
         """Eq. 2 for every candidate of every step: MSE of the quantized vs FP output at ``z_t``."""
         adapter, model = pipeline.adapter, pipeline.transformer
         out = []
@@ -242,9 +245,7 @@ class AdaTSQ(Method):
         prompts, task = self.selection
         scores = []
         for path in tqdm(paths, desc="selection", leave=False):
-            bit_matrix = np.stack([candidates[t].bits[min(path[t], len(candidates[t].bits) - 1)]
-                                   for t in range(len(path))], axis=1)  # (L, T)
-            _set_bits(layers, bit_matrix)
+            _set_bits(layers, _path_bits(candidates, path))
             images = pipeline.generate(prompts, seed=self.recipe.calibration.seed + 1,
                                        steps=stats.steps)
             fidelity = psnr(images, self.selection_fp)
