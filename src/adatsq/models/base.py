@@ -56,15 +56,21 @@ class Adapter(ABC):
         """One transformer call; returns the flow-matching velocity (noise - x0) for ``latents``."""
 
     @abstractmethod
+    def text_conditioning(self, states: torch.Tensor, pooled: torch.Tensor) -> Conditioning:
+        """The conditioning of an embedded model from its text encoder's token states (B, L, D)
+        (padding positions zeroed) and pooled vectors (B, D)."""
+
+    @abstractmethod
     def example(self, seed: int = 0) -> tuple[nn.Module, torch.Tensor, Conditioning]:
         """A tiny random model of this family with latents and conditioning (contract tests)."""
 
     @abstractmethod
     def to_latents(self, images: torch.Tensor) -> torch.Tensor:
-        """Pixel images of an embedded model to the latents the transformer works on."""
+        """Pixels of an embedded model (images (B, C, H, W) or, for video models, clips
+        (B, C, F, H, W)) to the latents the transformer works on."""
 
     @abstractmethod
-    def from_latents(self, latents: torch.Tensor, image_shape: tuple[int, ...]) -> torch.Tensor:
+    def from_latents(self, latents: torch.Tensor, sample_shape: tuple[int, ...]) -> torch.Tensor:
         """Inverse of :meth:`to_latents`."""
 
 

@@ -49,6 +49,9 @@ class FluxAdapter(Adapter):
                      txt_ids=torch.zeros(states.shape[1], 3, dtype=latents.dtype),
                      return_dict=False, **kwargs)[0]
 
+    def text_conditioning(self, states, pooled):
+        return {"encoder_hidden_states": states, "pooled_projections": pooled}
+
     def example(self, seed=0):
         from diffusers import FluxTransformer2DModel
 
@@ -65,6 +68,6 @@ class FluxAdapter(Adapter):
     def to_latents(self, images):
         return pack(images, self.patch)
 
-    def from_latents(self, latents, image_shape):
-        c, h, w = image_shape
+    def from_latents(self, latents, sample_shape):
+        c, h, w = sample_shape
         return unpack(latents, c, h, w, self.patch)

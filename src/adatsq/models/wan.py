@@ -23,8 +23,8 @@ class WanAdapter(Adapter):
 
     Latents are videos (B, C, F, H, W), the layout of diffusers' ``WanPipeline``; the model
     patchifies them itself (``patch_size`` (1, 2, 2) for every released Wan). For the embedded
-    pixel models, :meth:`to_latents` folds each 2x2 pixel block into channels and adds a frame
-    axis, so a (3, 16, 16) image becomes (12, 1, 8, 8) latents.
+    pixel models, :meth:`to_latents` folds each 2x2 pixel block into channels, so a clip
+    (3, F, 16, 16) becomes (12, F, 8, 8) latents and an image (3, 16, 16) one frame (12, 1, 8, 8).
 
     Conditioning key: ``encoder_hidden_states`` (B, L, D) (the pipeline zero-pads every prompt to
     the same L). The transformer receives ``timestep = 1000 * sigma`` (the scheduler's t) and
@@ -58,6 +58,9 @@ class WanAdapter(Adapter):
                      timestep=self.model_timestep(sigma).to(latents.device),
                      encoder_hidden_states=cond["encoder_hidden_states"], return_dict=False)[0]
 
+    def text_conditioning(self, states, pooled):
+        return {"encoder_hidden_states": states}
+
     def example(self, seed=0):
         from diffusers import WanTransformer3DModel
 
@@ -71,13 +74,22 @@ class WanAdapter(Adapter):
         return model, latents, cond
 
     def to_latents(self, images):
-        return F.pixel_unshuffle(images, self.patch).unsqueeze(2)
+        if images.dim() == 4:  # a still image is a one-frame clip
+            images = images.unsqueeze(2)
+        b, c, f, h, w = images.shape
+        frames = images.transpose(1, 2).reshape(b * f, c, h, w)
+        folded = F.pixel_unshuffle(frames, self.patch)
+        return folded.reshape(b, f, *folded.shape[1:]).transpose(1, 2)
 
-    def from_latents(self, latents, image_shape):
-        if latents.shape[2] != 1:
-            raise ValueError(f"latents with {latents.shape[2]} frames are a video, not images")
-        images = F.pixel_shuffle(latents.squeeze(2), self.patch)
-        if images.shape[1:] != tuple(image_shape):
-            raise ValueError(f"latents {tuple(latents.shape)} do not unfold to images of shape "
-                             f"{tuple(image_shape)}")
-        return images
+    def from_latents(self, latents, sample_shape):
+        b, c, f, h, w = latents.shape
+        frames = F.pixel_shuffle(latents.transpose(1, 2).reshape(b * f, c, h, w), self.patch)
+        clips = frames.reshape(b, f, *frames.shape[1:]).transpose(1, 2)
+        if len(sample_shape) == 3:
+            if f != 1:
+                raise ValueError(f"latents with {f} frames are a video, not images")
+            clips = clips.squeeze(2)
+        if clips.shape[1:] != tuple(sample_shape):
+            raise ValueError(f"latents {tuple(latents.shape)} do not unfold to samples of shape "
+                             f"{tuple(sample_shape)}")
+        return clips

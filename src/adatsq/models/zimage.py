@@ -66,6 +66,9 @@ class ZImageAdapter(Adapter):
         out = model(images, t, captions, return_dict=False)[0]
         return -torch.stack(out).squeeze(2)
 
+    def text_conditioning(self, states, pooled):
+        return {"cap_feats": states}
+
     def example(self, seed=0):
         from diffusers import ZImageTransformer2DModel
 
@@ -81,9 +84,9 @@ class ZImageAdapter(Adapter):
     def to_latents(self, images):
         return F.pixel_unshuffle(images, self.patch)
 
-    def from_latents(self, latents, image_shape):
+    def from_latents(self, latents, sample_shape):
         images = F.pixel_shuffle(latents, self.patch)
-        if images.shape[1:] != tuple(image_shape):
+        if images.shape[1:] != tuple(sample_shape):
             raise ValueError(f"latents {tuple(latents.shape)} do not unfold to images of shape "
-                             f"{tuple(image_shape)}")
+                             f"{tuple(sample_shape)}")
         return images

@@ -50,8 +50,7 @@ class DigitPipeline:
         return self.entry.steps
 
     def encode(self, prompts: list[str]) -> Conditioning:
-        states, pooled = self.encoder(prompts)
-        return {"encoder_hidden_states": states, "pooled_projections": pooled}
+        return self.adapter.text_conditioning(*self.encoder(prompts))
 
     def null_conditioning(self) -> Conditioning:
         if self._null is None:
@@ -64,7 +63,7 @@ class DigitPipeline:
 
     def noise(self, n: int, seed: int) -> torch.Tensor:
         """Initial latents; prompt ``i`` always gets the same noise for a given seed."""
-        shape = self.adapter.to_latents(torch.zeros(1, *self.entry.image_shape)).shape[1:]
+        shape = self.adapter.to_latents(torch.zeros(1, *self.entry.sample_shape)).shape[1:]
         gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(n)]
         return torch.stack([torch.randn(shape, generator=g) for g in gens])
 
@@ -73,7 +72,8 @@ class DigitPipeline:
                  guidance_scale: float | None = None, batch_size: int = 256,
                  callback: StepCallback | None = None,
                  progress: bool | str = False) -> torch.Tensor:
-        """Images (B, 3, H, W) in [-1, 1] for ``prompts``; deterministic given ``seed``."""
+        """Images (B, 3, H, W), or clips (B, 3, F, H, W) for a video model, in [-1, 1] for
+        ``prompts``; deterministic given ``seed``."""
         if not prompts:
             raise ValueError("no prompts to generate")
         steps = steps or self.entry.steps
@@ -85,7 +85,7 @@ class DigitPipeline:
             latents = sample(self.adapter, self.transformer, noise[i:i + batch_size],
                              self.encode(chunk), self.null_conditioning(), steps, scale,
                              callback=callback, progress=progress)
-            out.append(self.adapter.from_latents(latents, self.entry.image_shape))
+            out.append(self.adapter.from_latents(latents, self.entry.sample_shape))
         return torch.cat(out).clamp(-1, 1)
 
     def source(self) -> dict:

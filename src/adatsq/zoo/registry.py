@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adatsq.models import adapter_for
-from adatsq.zoo import scenes
+from adatsq.zoo import clips, scenes
 from adatsq.zoo.text import MiniLMEncoder
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -29,8 +29,9 @@ class ZooEntry:
         weights: file stem under ``zoo/weights`` (several entries may share weights).
         steps: default number of sampling steps.
         guidance_scale: classifier-free guidance scale (1.0 = off).
-        patch: pixel patch side packed into one token.
         text_length: text tokens (MiniLM positions, padded).
+        frames: frames per sample of a text-to-video model (0: an image model on digit scenes;
+            otherwise clips of moving digits from :mod:`adatsq.zoo.clips`).
         description: one line for ``adatsq zoo``.
     """
 
@@ -40,13 +41,29 @@ class ZooEntry:
     weights: str
     steps: int
     guidance_scale: float
-    patch: int = 4
     text_length: int = 10
+    frames: int = 0
     description: str = ""
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (3, scenes.CANVAS, scenes.CANVAS)
+    def is_video(self) -> bool:
+        return self.frames > 0
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one generated sample: (3, H, W) images or (3, F, H, W) clips."""
+        side = (scenes.CANVAS, scenes.CANVAS)
+        return (3, self.frames, *side) if self.is_video else (3, *side)
+
+    def all_prompts(self) -> list[str]:
+        """Every prompt of this model's grammar."""
+        return clips.all_clip_prompts() if self.is_video else scenes.all_prompts()
+
+    def training_batch(self, rng: np.random.Generator,
+                       batch_size: int) -> tuple[list[str], np.ndarray]:
+        if self.is_video:
+            return clips.training_clip_batch(rng, batch_size)
+        return scenes.training_batch(rng, batch_size)
 
     def build_model(self) -> torch.nn.Module:
         import diffusers
@@ -61,19 +78,19 @@ class ZooEntry:
         if cache is not None and cache.exists():
             flat = load_file(str(cache))
         else:
-            prompts = [""] + scenes.all_prompts()
+            prompts = [""] + self.all_prompts()
             states, pooled = MiniLMEncoder(self.text_length)(prompts)
             flat = {"states": states, "pooled": pooled}
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 save_file(flat, str(cache))
-        prompts = [""] + scenes.all_prompts()
+        prompts = [""] + self.all_prompts()
         return {"index": {p: i for i, p in enumerate(prompts)}, **flat}
 
     def training_loss(self, model, rng: np.random.Generator, gen: torch.Generator, batch_size: int,
                       cond_dropout: float, table: dict) -> torch.Tensor:
         """Flow-matching loss on one batch of training scenes (velocity target noise - x0)."""
-        prompts, images = scenes.training_batch(rng, batch_size)
+        prompts, images = self.training_batch(rng, batch_size)
         rows = torch.tensor([table["index"][p] for p in prompts])
         drop = torch.from_numpy(rng.random(batch_size) < cond_dropout)
         rows = torch.where(drop, torch.zeros_like(rows), rows)
@@ -83,8 +100,7 @@ class ZooEntry:
         sigma = torch.sigmoid(torch.randn(batch_size, generator=gen))  # logit-normal, as SD3
         s = sigma.view(-1, *[1] * (x0.dim() - 1))
         xt = (1 - s) * x0 + s * noise
-        cond = {"encoder_hidden_states": table["states"][rows],
-                "pooled_projections": table["pooled"][rows]}
+        cond = adapter.text_conditioning(table["states"][rows], table["pooled"][rows])
         out = adapter.denoise(model, xt, cond, sigma)
         return torch.nn.functional.mse_loss(out, noise - x0)
 
@@ -126,6 +142,14 @@ _FLUX_DIGITS = dict(patch_size=1, in_channels=48, num_layers=2, num_single_layer
                     attention_head_dim=32, num_attention_heads=4, joint_attention_dim=384,
                     pooled_projection_dim=384, axes_dims_rope=(8, 12, 12))
 
+_ZIMAGE_DIGITS = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=12, dim=128,
+                      n_layers=4, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=384,
+                      axes_dims=[8, 12, 12], axes_lens=[64, 16, 16])
+
+_WAN_DIGITS = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32,
+                   in_channels=12, out_channels=12, text_dim=384, freq_dim=64, ffn_dim=384,
+                   num_layers=4, rope_max_seq_len=32)
+
 ENTRIES = {
     e.name: e
     for e in (
@@ -133,6 +157,17 @@ ENTRIES = {
                  guidance_scale=3.0,
                  description="FluxTransformer2DModel (2 double + 3 single blocks, width 128) "
                              "trained on prompted digit scenes; 50 steps like Flux-Dev"),
+        ZooEntry("flux-digits-schnell", "FluxTransformer2DModel", _FLUX_DIGITS, "flux-digits",
+                 steps=4, guidance_scale=3.0,
+                 description="flux-digits sampled in 4 steps, the schedule of Flux-Schnell"),
+        ZooEntry("zimage-digits", "ZImageTransformer2DModel", _ZIMAGE_DIGITS, "zimage-digits",
+                 steps=10, guidance_scale=3.0,
+                 description="ZImageTransformer2DModel (1+1 refiner + 4 main blocks, width 128) "
+                             "trained on prompted digit scenes; 10 steps like Z-Image"),
+        ZooEntry("wan-digits", "WanTransformer3DModel", _WAN_DIGITS, "wan-digits", steps=25,
+                 guidance_scale=3.0, frames=clips.FRAMES,
+                 description="WanTransformer3DModel (4 blocks, width 128) trained on clips of "
+                             "moving digits (text-to-video, 8 frames); 25 steps like Wan2.1"),
     )
 }
 

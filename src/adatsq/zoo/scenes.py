@@ -90,7 +90,7 @@ def digit_split(part: str) -> tuple[np.ndarray, np.ndarray]:
     return images[index], labels[index]
 
 
-def _a(word: object) -> str:
+def with_article(word: object) -> str:
     """The word with its indefinite article ("an 8", "an orange 3", "a 5")."""
     word = str(word)
     return f"an {word}" if word[0] in "aeio8" else f"a {word}"
@@ -106,26 +106,27 @@ def sample_spec(rng: np.random.Generator, category: str) -> tuple[str, Spec]:
     colors = list(PALETTE)
     if category == "single_object":
         d = int(rng.integers(10))
-        return _a(d), Spec(category, ((d, 1, None),))
+        return with_article(d), Spec(category, ((d, 1, None),))
     if category == "two_object":
         a, b = _pick_two(rng, 10)
-        return f"{_a(a)} and {_a(b)}", Spec(category, ((a, 1, None), (b, 1, None)))
+        spec = Spec(category, ((a, 1, None), (b, 1, None)))
+        return f"{with_article(a)} and {with_article(b)}", spec
     if category == "counting":
         d, n = int(rng.integers(10)), int(rng.integers(2, 5))
         return f"{NUMBER_WORDS[n]} {d}s", Spec(category, ((d, n, None),), exclude=((d, n + 1),))
     if category == "colors":
         d, c = int(rng.integers(10)), colors[int(rng.integers(len(colors)))]
-        return _a(f"{c} {d}"), Spec(category, ((d, 1, c),))
+        return with_article(f"{c} {d}"), Spec(category, ((d, 1, c),))
     if category == "position":
         a, b = _pick_two(rng, 10)
         rel = list(RELATIONS)[int(rng.integers(len(RELATIONS)))]
         spec = Spec(category, ((a, 1, None), (b, 1, None)), relation=(a, rel, b))
-        return f"{_a(a)} {rel} {_a(b)}", spec
+        return f"{with_article(a)} {rel} {with_article(b)}", spec
     if category == "color_attr":
         a, b = _pick_two(rng, 10)
         ca, cb = _pick_two(rng, len(colors))
         spec = Spec(category, ((a, 1, colors[ca]), (b, 1, colors[cb])))
-        return f"{_a(f'{colors[ca]} {a}')} and {_a(f'{colors[cb]} {b}')}", spec
+        return f"{with_article(f'{colors[ca]} {a}')} and {with_article(f'{colors[cb]} {b}')}", spec
     raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
 
 
@@ -133,12 +134,12 @@ def all_prompts() -> list[str]:
     """Every prompt the scene grammar can produce (for embedding caches), sorted."""
     colors = list(PALETTE)
     pairs = [(a, b) for a in range(10) for b in range(10) if a != b]
-    out = [_a(d) for d in range(10)]
-    out += [f"{_a(a)} and {_a(b)}" for a, b in pairs]
+    out = [with_article(d) for d in range(10)]
+    out += [f"{with_article(a)} and {with_article(b)}" for a, b in pairs]
     out += [f"{w} {d}s" for d in range(10) for w in NUMBER_WORDS.values()]
-    out += [_a(f"{c} {d}") for d in range(10) for c in colors]
-    out += [f"{_a(a)} {r} {_a(b)}" for a, b in pairs for r in RELATIONS]
-    out += [f"{_a(f'{ca} {a}')} and {_a(f'{cb} {b}')}" for a, b in pairs
+    out += [with_article(f"{c} {d}") for d in range(10) for c in colors]
+    out += [f"{with_article(a)} {r} {with_article(b)}" for a, b in pairs for r in RELATIONS]
+    out += [f"{with_article(f'{ca} {a}')} and {with_article(f'{cb} {b}')}" for a, b in pairs
             for ca in colors for cb in colors if ca != cb]
     return sorted(out)
 
@@ -158,7 +159,7 @@ def _layout(rng: np.random.Generator, spec: Spec) -> list[tuple[int, str, tuple[
 def render(rng: np.random.Generator, spec: Spec, part: str = "train") -> np.ndarray:
     """Renders a scene for ``spec`` with digits from ``part``; returns (3, 16, 16) in [-1, 1]."""
     images, labels = digit_split(part)
-    by_digit = _by_digit(part)
+    by_digit = digits_by_label(part)
     canvas = np.zeros((3, CANVAS, CANVAS), np.float32)
     for digit, color, (row, col) in _layout(rng, spec):
         pool = by_digit[digit]
@@ -169,7 +170,7 @@ def render(rng: np.random.Generator, spec: Spec, part: str = "train") -> np.ndar
 
 
 @functools.lru_cache(maxsize=2)
-def _by_digit(part: str) -> dict[int, np.ndarray]:
+def digits_by_label(part: str) -> dict[int, np.ndarray]:
     _, labels = digit_split(part)
     return {d: np.flatnonzero(labels == d) for d in range(10)}
 
