@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-MODELS ?= flux-digits
+MODELS ?= flux-digits flux-digits-schnell zimage-digits wan-digits
 
 .PHONY: demo test bench lint clean
 

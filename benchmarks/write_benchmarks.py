@@ -19,6 +19,8 @@ from adatsq.eval.report import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "adatsq"
+BENCH = ROOT / "runs" / "bench"
+MODELS = ["flux-digits", "flux-digits-schnell", "zimage-digits", "wan-digits"]
 
 
 def _load(path: Path):
@@ -32,17 +34,19 @@ def _row(report, method, label=None):
     return None
 
 
-def training_section() -> list[str]:
-    meta = _load(PKG / "zoo" / "weights" / "flux-digits.json")
-    out = ["## The embedded model: flux-digits", "",
-           "Command: `python -m adatsq.zoo.train flux-digits --out runs/train/flux-digits "
+def training_section(model: str) -> list[str]:
+    from adatsq.zoo import registry
+
+    entry = registry.get(model)
+    meta = _load(PKG / "zoo" / "weights" / f"{entry.weights}.json")
+    out = [f"## The embedded model: {model}", "", entry.description + ".", "",
+           f"Command: `python -m adatsq.zoo.train {model} --out runs/train/{model} "
            "--threads 2 --export` (seeded; resumes from its checkpoints).", ""]
     if meta is None:
         return out + ["(not trained yet)", ""]
     cfg, tr = meta["train_config"], meta.get("training")
-    n_params = sum(p.numel() for p in __import__("adatsq.zoo.registry", fromlist=["get"])
-                   .get("flux-digits").build_model().parameters())
-    out.append(f"- `FluxTransformer2DModel`, {n_params / 1e6:.2f} M parameters, config "
+    n_params = sum(p.numel() for p in entry.build_model().parameters())
+    out.append(f"- `{entry.model_class}`, {n_params / 1e6:.2f} M parameters, config "
                f"`{json.dumps(meta['transformer_config'])}`")
     out.append(f"- AdamW lr {cfg['lr']:g} (warmup {cfg['warmup']}, cosine to "
                f"{cfg['min_lr_ratio']:g}), batch {cfg['batch_size']}, EMA {cfg['ema_decay']}, "
@@ -62,9 +66,9 @@ def classifier_section(bench: Path) -> list[str]:
     if meta:
         out.append(f"- digit classifier held-out accuracy: {meta['held_out_accuracy']:.4f}")
     if ceil:
-        cats = ", ".join(f"{k} {v:.3f}" for k, v in ceil["category_scores"].items())
+        cats = ", ".join(f"{k} {v:.3f}" for k, v in ceil["eval"].items() if k != "total")
         out.append(f"- ceiling (real held-out scenes of the evaluation prompts): total "
-                   f"{ceil['total']:.4f} ± {ceil['total_se']:.4f} ({cats})")
+                   f"{ceil['eval']['total']:.4f} ± {ceil['eval_se']:.4f} ({cats})")
     return out + [""]
 
 
@@ -78,42 +82,60 @@ def outlier_section(bench: Path) -> list[str]:
     median = np.array([np.median(r) for r in ratio.values()])
     shift = np.array([r.max() / max(r.min(), 1e-12) for r in rng.values()])
     top = sorted(ratio, key=lambda k: -ratio[k].max())[:5]
-    out = ["## Activation outliers and temporal shifts", "",
-           "Command: `make bench` (writes `runs/bench/flux-digits/outliers.json` and "
-           "`outliers.png`), 32 calibration prompts, 50 steps.", "",
+    model = bench.name
+    steps = len(next(iter(ratio.values())))
+    out = [f"### Activation outliers and temporal shifts ({model})", "",
+           f"Command: `make bench MODELS={model}` (writes `runs/bench/{model}/outliers.json` and "
+           f"`outliers.png`), 32 calibration prompts, {steps} steps.", "",
            f"- channel max / median channel max, per layer (max over steps): median over layers "
            f"{np.median(peak):.1f}×, largest {peak.max():.1f}×; per layer and step: median "
            f"{np.median(median):.1f}×",
-           f"- input range (max - min) across the 50 steps, largest / smallest step, per layer: "
+           f"- input range (max - min) across the {steps} steps, largest / smallest step, per "
+           "layer: "
            f"median {np.median(shift):.1f}×, largest {shift.max():.1f}×",
            "- layers with the largest outliers: " + ", ".join(
                f"`{k}` {ratio[k].max():.0f}×" for k in top), "",
-           "![outliers](runs/bench/flux-digits/outliers.png)", ""]
+           f"![outliers](runs/bench/{model}/outliers.png)", ""]
     return out
 
 
-def table_section(bench: Path) -> list[str]:
+def table_section(model: str) -> list[str]:
+    bench = BENCH / model
     report = _load(bench / "report.json")
     timing = _load(bench / "timing.json")
     if report is None:
-        return ["## Methods side by side", "", "(run `make bench`)", ""]
-    out = ["## Methods side by side (flux-digits)", "",
-           f"Command: `make bench` ({report['num_prompts']} evaluation prompts, "
-           f"{report['num_prompts'] // 6} per category, {report['steps']} steps, seed "
+        return [f"## Methods side by side ({model})", "",
+                f"(run `make bench MODELS={model}`)", ""]
+    video = "video" in report["rows"][0]
+    ceil = _load(bench / "ceiling.json")
+    size = (f"{report['num_prompts']} evaluation clips" if video else
+            f"{report['num_prompts']} evaluation prompts, {report['num_prompts'] // 6} per "
+            "category")
+    legend = ("Video metrics (VBench analog, `adatsq.eval.video`): per_frame is per-frame "
+              "DigitEval, dynamic_degree whether the digit moves as asked, subj/bg subject and "
+              "background consistency, smooth motion smoothness, flicker 1 - temporal flicker; "
+              "total is their task summary (± its standard error); PSNR/SSIM frame-wise against "
+              "the FP clips under identical seeds"
+              if video else
+              "DigitEval per category and total (± its standard error); PSNR/SSIM against the FP "
+              "images under identical seeds; FD: Fréchet distance to real held-out scenes in the "
+              "classifier's feature space (lower is better)")
+    out = [f"## Methods side by side ({model})", "",
+           f"Command: `make bench MODELS={model}` ({size}, {report['steps']} steps, seed "
            f"{report['seed']}"
            + (f"; wall time {timing['wall_seconds'] / 60:.1f} min" if timing else "") + ").", "",
-           "DigitEval per category and total (± its standard error); PSNR/SSIM against the FP "
-           "images under identical seeds; FD: Fréchet distance to real held-out scenes in the "
-           "classifier's feature space (lower is better); MB: weights as stored (packed codes, "
-           "FP16 scales and everything left in 16 bits); s: time to quantize, calibration "
-           "included. W/A gives the average activation bits over layers × timesteps.", "",
-           markdown_table(report), "",
-           "Granularity of each row:", ""]
+           legend + "; MB: weights as stored (packed codes, FP16 scales and everything left in "
+           "16 bits); s: time to quantize, calibration included. W/A gives the average "
+           "activation bits over layers × timesteps.", ""]
+    if ceil:
+        out += [f"Evaluator ceiling (real held-out samples of the same prompts): total "
+                f"{ceil['eval']['total']:.3f} ± {ceil['eval_se']:.3f}.", ""]
+    out += [markdown_table(report), "", "Granularity of each row:", ""]
     for r in report["rows"]:
         if r.get("granularity"):
             g = r["granularity"]
             out.append(f"- {r['label']}: weights {g['weights']}; activations {g['activations']}")
-    out += ["", "![samples](runs/bench/flux-digits/samples.png)", ""]
+    out += ["", f"![samples](runs/bench/{model}/samples.png)", ""]
     return out + verdict(report)
 
 
@@ -138,7 +160,7 @@ def verdict(report) -> list[str]:
             word = "does not beat every baseline"
         out.append(f"- {label}: AdaTSQ (A{ada['a_bits']:.3f}) total {ada['eval']['total']:.3f} "
                    f"vs the best baseline `{best['method']}` {best['eval']['total']:.3f}: "
-                   f"{word} on DigitEval (difference {gap:+.3f}, {abs(gap) / se:.1f} standard "
+                   f"{word} on the task total (difference {gap:+.3f}, {abs(gap) / se:.1f} standard "
                    f"errors); PSNR {ada['psnr']:.2f} vs {best['psnr']:.2f} dB.")
     fp = _row(report, "fp")
     search = _load(ROOT / "benchmarks" / "results" / "search.json")
@@ -248,15 +270,32 @@ def search_section() -> list[str]:
     return out
 
 
+def combined_section() -> list[str]:
+    from adatsq.eval.report import combine
+
+    path = combine(BENCH, MODELS)
+    if path is None:
+        return []
+    text = path.read_text().replace("# All models", "## All models (paper Tables 1-2, Fig. 2)")
+    text = text.replace("](", "](runs/bench/").replace("## Does", "### Does")
+    timings = [(m, _load(BENCH / m / "timing.json")) for m in MODELS]
+    spent = [f"{m} {t['wall_seconds'] / 60:.1f} min" for m, t in timings if t]
+    return [text, "", "Time of `make bench` per model: " + ", ".join(spent) + ".", ""]
+
+
 def main() -> int:
-    bench = ROOT / "runs" / "bench" / "flux-digits"
     lines = ["# Benchmarks", "",
              "Every number below is produced by a script in `benchmarks/` and rendered by "
              "`python benchmarks/write_benchmarks.py`; each section names its command. Machine: "
              f"{platform.machine()}, 2 CPU cores, torch {torch.__version__}.", ""]
-    for section in (training_section(), classifier_section(bench), table_section(bench),
-                    outlier_section(bench), demo_section(), sweeps_section(), gptq_section(),
-                    search_section()):
+    sections = [combined_section()]
+    for model in ("flux-digits", "zimage-digits", "wan-digits"):
+        sections.append(training_section(model))
+    sections.append(classifier_section(BENCH / "flux-digits"))
+    for model in MODELS:
+        sections += [table_section(model), outlier_section(BENCH / model)]
+    sections += [demo_section(), sweeps_section(), gptq_section(), search_section()]
+    for section in sections:
         lines += section
     notes = ROOT / "benchmarks" / "NOTES.md"
     if notes.exists():

@@ -31,8 +31,9 @@ INK_THRESHOLD = 4.0
 COLOR_FRACTION = 0.5
 MIN_CONFIDENCE = 0.3  # GenEval's detection score threshold
 POSITION_THRESHOLD = 0.1  # GenEval: centers must differ by more than 0.1 x (sum of box sizes)
-_COLOR_NAMES = tuple(scenes.ALL_COLORS)
-_COLOR_TABLE = np.array([scenes.ALL_COLORS[c] for c in _COLOR_NAMES])  # (K, 3)
+#: Color names in the order of :func:`nearest_colors`' indices ("white" = uncolored).
+COLOR_NAMES = tuple(scenes.ALL_COLORS)
+_COLOR_TABLE = np.array([scenes.ALL_COLORS[c] for c in COLOR_NAMES])  # (K, 3)
 _SLOTS = tuple((r, c) for r in range(scenes.GRID) for c in range(scenes.GRID))
 
 
@@ -118,8 +119,26 @@ def ink(crops: np.ndarray) -> np.ndarray:
     return crops.max(axis=-3)
 
 
-def _nearest_colors(crops: np.ndarray, gray: np.ndarray) -> np.ndarray:
-    """Index into ``_COLOR_NAMES`` of each crop's normalized ink color: (N, 3, 8, 8) -> (N,)."""
+def nearest_colors(crops: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    """Index into :data:`COLOR_NAMES` of each crop's normalized ink color.
+
+    The color is the mean RGB of the crop's brightest ink (pixels at least ``COLOR_FRACTION`` of
+    its peak, weighted by ink), scaled so that its largest channel is 1, then snapped to the
+    nearest entry of ``scenes.ALL_COLORS``.
+
+    Args:
+        crops: RGB crops (N, 3, H, W) in [0, 1].
+        gray: their ink, ``ink(crops)`` (N, H, W).
+
+    Returns:
+        (N,) int indices into :data:`COLOR_NAMES`.
+
+    Example:
+        >>> crops = np.zeros((1, 3, 8, 8))
+        >>> crops[0, 0, 2:6, 3] = 1.0  # a red stroke
+        >>> COLOR_NAMES[nearest_colors(crops, ink(crops))[0]]
+        'red'
+    """
     bright = gray >= COLOR_FRACTION * gray.max(axis=(-2, -1), keepdims=True)  # (N, 8, 8)
     weight = gray * bright  # (N, 8, 8)
     total = np.maximum(weight.sum((-2, -1)), 1e-12)[:, None]  # (N, 1)
@@ -158,14 +177,14 @@ def detect_batch(images: torch.Tensor | np.ndarray,
     if index.size:
         lab, conf = classifier.predict(torch.from_numpy(gray[index]).float())
         labels[index], confidence[index] = lab.numpy(), conf.double().numpy()
-        colors[index] = _nearest_colors(crops[index], gray[index])
+        colors[index] = nearest_colors(crops[index], gray[index])
     keep = occupied & (confidence >= MIN_CONFIDENCE)
     out: list[list[Detection]] = [[] for _ in range(b)]
     half = scenes.SLOT / 2
     for i in np.flatnonzero(keep):
         row, col = _SLOTS[i % n_slots]
         out[i // n_slots].append(Detection(
-            digit=int(labels[i]), color=_COLOR_NAMES[colors[i]], row=row, col=col,
+            digit=int(labels[i]), color=COLOR_NAMES[colors[i]], row=row, col=col,
             x=col * scenes.SLOT + half, y=row * scenes.SLOT + half,
             confidence=float(confidence[i])))
     return out

@@ -28,12 +28,15 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03  # Wang et al. (2004), for data range 1
 
 
 def _to_unit(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(N, C, H, W) float64 in [0, 1] from images in [-1, 1] (one (C, H, W) image allowed)."""
+    """(N, C, H, W) float64 in [0, 1] from images in [-1, 1] (one (C, H, W) image allowed;
+    clips (B, C, F, H, W) become their B*F frames)."""
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().double().numpy()
     images = np.asarray(images, dtype=np.float64)
     if images.ndim == 3:
         images = images[None]
+    if images.ndim == 5:
+        images = images.transpose(0, 2, 1, 3, 4).reshape(-1, *images.shape[1:2], *images.shape[3:])
     if images.ndim != 4:
         raise ValueError(f"expected images (N, C, H, W) or (C, H, W), got shape {images.shape}")
     return np.clip((images + 1.0) / 2.0, 0.0, 1.0)

@@ -29,12 +29,27 @@ def to_display(image) -> np.ndarray:
     return np.clip((x.transpose(1, 2, 0) + 1) / 2, 0, 1)
 
 
+def frame_strips(samples: np.ndarray, gap: int = 1) -> np.ndarray:
+    """Clips (K, C, F, H, W) as images (K, C, H, F*(W+gap)-gap) of their frames side by side
+    (separated by ``gap`` columns of -1, black); images (K, C, H, W) pass unchanged."""
+    if samples.ndim == 4:
+        return samples
+    k, c, f, h, w = samples.shape
+    out = np.full((k, c, h, f * (w + gap) - gap), -1.0, samples.dtype)
+    for i in range(f):
+        out[..., i * (w + gap):i * (w + gap) + w] = samples[:, :, i]
+    return out
+
+
 def sample_grid(rows: dict[str, np.ndarray], prompts: list[str], path: str | Path,
                 title: str = "") -> Path:
     """Rows = methods (label -> images (K, 3, H, W)), columns = prompts."""
     k = len(prompts)
-    fig, axes = plt.subplots(len(rows), k, figsize=(1.15 * k + 1.2, 1.25 * len(rows) + 0.6),
-                             squeeze=False)
+    first = next(iter(rows.values()))
+    aspect = first.shape[-1] / first.shape[-2]  # > 1 for frame strips
+    side = 1.15 if aspect == 1 else 0.8
+    fig, axes = plt.subplots(len(rows), k, squeeze=False,
+                             figsize=(side * aspect * k + 1.2, (side + 0.1) * len(rows) + 0.6))
     for r, (label, images) in enumerate(rows.items()):
         for c in range(k):
             ax = axes[r, c]
@@ -42,7 +57,7 @@ def sample_grid(rows: dict[str, np.ndarray], prompts: list[str], path: str | Pat
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(textwrap.fill(prompts[c], 16), fontsize=6.5)
+                ax.set_title(textwrap.fill(prompts[c], int(16 * aspect)), fontsize=6.5)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
     if title:
@@ -151,4 +166,28 @@ def outlier_plot(ratio: dict[str, list[float]], path: str | Path, title: str) ->
     ax.set_xlabel("sampling step")
     fig.colorbar(im, ax=ax, label="log10 (channel max / median channel max)")
     ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def radar_chart(axes_labels: list[str], series: dict[str, list[float]], path: str | Path,
+                title: str = "") -> Path:
+    """One polygon per series over shared axes (the paper's Fig. 2); values in [0, 1]-ish,
+    the radial axis starting just below the smallest."""
+    n = len(axes_labels)
+    angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    closed = np.append(angles, angles[0])
+    fig, ax = plt.subplots(figsize=(7.5, 7.5), subplot_kw={"polar": True})
+    cmap = plt.get_cmap("tab10")
+    for i, (label, values) in enumerate(series.items()):
+        vals = np.append(np.asarray(values, float), values[0])
+        bold = label.startswith("adatsq")
+        ax.plot(closed, vals, color=cmap(i % 10), lw=2.6 if bold else 1.2, label=label)
+        ax.fill(closed, vals, color=cmap(i % 10), alpha=0.12 if bold else 0.03)
+    ax.set_xticks(angles, [textwrap.fill(a, 18) for a in axes_labels], fontsize=7.5)
+    low = min(min(v) for v in series.values())
+    ax.set_ylim(max(0.0, round(low - 0.05, 1)), 1.05)  # the differences live near 1
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(loc="upper right", bbox_to_anchor=(1.32, 1.1), fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10, pad=22)
     return _save(fig, path)

@@ -25,10 +25,8 @@ import numpy as np
 import torch
 
 from adatsq.config import Recipe
-from adatsq.eval import digiteval, fidelity
-from adatsq.eval.plots import sample_grid
+from adatsq.eval.plots import frame_strips, sample_grid
 from adatsq.quant.primitives import FULL_PRECISION
-from adatsq.zoo import scenes
 
 log = logging.getLogger(__name__)
 
@@ -98,25 +96,27 @@ def _fmt(x, digits=3):
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+VIDEO_COLUMNS = {"subject_consistency": "subj", "background_consistency": "bg",
+                 "motion_smoothness": "smooth", "temporal_flicker": "flicker"}
+
+
 def markdown_table(report: dict[str, Any]) -> str:
-    """The rows of a report as a Markdown table."""
-    cats = list(scenes.CATEGORIES)
-    head = ["method", "W/A", *cats, "total", "±se", "PSNR", "SSIM", "FD", "MB", "s"]
+    """The rows of a report as a Markdown table (video metrics too, for a video model)."""
+    first = report["rows"][0]
+    cats = [c for c in first["eval"] if c != "total"]
+    video = [k for k in VIDEO_COLUMNS if k in first.get("video", {})]
+    head = ["method", "W/A", *cats, *[VIDEO_COLUMNS[k] for k in video], "total", "±se", "PSNR",
+            "SSIM", "FD", "MB", "s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         a = r["a_bits"]
         bits = f"{r['w_bits']}/{a:g}" if a == int(a) else f"{r['w_bits']}/{a:.2f}"
         cells = [r["method"], bits, *[_fmt(r["eval"][c], 2) for c in cats],
-                 _fmt(r["eval"]["total"]),
+                 *[_fmt(r["video"][k], 3) for k in video], _fmt(r["eval"]["total"]),
                  _fmt(r["eval_se"]), _fmt(r["psnr"], 2), _fmt(r["ssim"]), _fmt(r["fd"], 2),
                  _fmt(r["model_bytes"] / 1e6, 2), _fmt(r["seconds"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _showcase(n_per_category: int, per_category: int = 2) -> list[int]:
-    return [c * n_per_category + i for c in range(len(scenes.CATEGORIES))
-            for i in range(min(per_category, n_per_category))]
 
 
 class _Calibrations:
@@ -173,14 +173,13 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    evaluation = scenes.make_scenes(n_per_category, scenes.EVAL_SEED)
-    prompts = [s.prompt for s in evaluation]
-    specs = [s.spec for s in evaluation]
-    real = np.stack([s.image for s in evaluation])
+    task = load_pipeline(model).task
+    evaluation = task.evaluation_set(n_per_category)
+    prompts, specs, real, show = evaluation.prompts, evaluation.specs, evaluation.real, \
+        evaluation.showcase
     fp_images = None
     steps_used = None
     report_rows, grid = [], {}
-    show = _showcase(n_per_category)
     rows = sorted(rows, key=lambda r: r.recipe is not None)  # FP first: the fidelity reference
     for row in rows:
         pipe = load_pipeline(model)
@@ -204,22 +203,20 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
             policy, w_bits, a_bits, settings = None, FULL_PRECISION, float(FULL_PRECISION), {}
         images = pipe.generate(prompts, seed=seed, steps=steps_used,
                                progress=f"{row.label}: sampling" if progress else False)
-        result = digiteval.evaluate(images, specs)
+        scored = task.score(images, specs)
         if fp_images is None and row.recipe is None:
             fp_images = images
+        close = (task.fidelity(images, fp_images) if row.recipe is not None
+                 and fp_images is not None else {"psnr": None, "ssim": None})
         entry = {
             "method": row.method,
             "label": row.label,
             "w_bits": int(w_bits),
             "a_bits": round(float(a_bits), 4),
-            "psnr": None if row.recipe is None or fp_images is None
-            else fidelity.psnr(images, fp_images),
-            "ssim": None if row.recipe is None or fp_images is None
-            else fidelity.ssim(images, fp_images),
-            "fd": fidelity.frechet_distance(images, real),
+            **close,
+            "fd": task.frechet(images, real),
             "model_bytes": io.model_bytes(pipe.transformer),
-            "eval": {**result.category_scores, "total": result.total},
-            "eval_se": result.total_se,
+            **scored,
             "seconds": round(seconds, 2),
             "granularity": settings.get("granularity"),
         }
@@ -232,25 +229,24 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
         if row.recipe is not None and row.recipe.options:
             entry["options"] = row.recipe.options
         report_rows.append(entry)
-        grid[f"{row.label}"] = images[show].numpy()
-        log.info("%s: total %.3f", row.label, result.total)
+        grid[row.label] = frame_strips(images[show].numpy())
+        log.info("%s: total %.3f", row.label, scored["eval"]["total"])
         if artifacts_dir is not None and policy is not None and (
                 artifact_methods is None or row.method in artifact_methods):
             io.save(pipe.transformer, policy, Path(artifacts_dir) / row.label.replace(" ", "_"),
                     pipe.source())
         report = {"model": model, "steps": steps_used, "num_prompts": len(prompts),
                   "seed": seed, "rows": report_rows}
-        _write(report, grid, [prompts[i] for i in show], out_dir)
+        _write(report, grid, [prompts[i] for i in show], out_dir, task.legend)
     return report
 
 
-def _write(report: dict[str, Any], grid: dict[str, np.ndarray], prompts: list[str], out_dir: Path):
+def _write(report: dict[str, Any], grid: dict[str, np.ndarray], prompts: list[str], out_dir: Path,
+           legend: str):
     write_json(report, out_dir / "report.json")
     md = (f"# {report['model']}: {report['num_prompts']} prompts, {report['steps']} steps\n\n"
-          f"{markdown_table(report)}\n\nDigitEval (GenEval analog) per category and total; "
-          "PSNR/SSIM against the FP images (same seeds); FD: Fréchet distance to real held-out "
-          "scenes in the classifier's feature space; MB: weights as stored; "
-          "s: quantization time.\n")
+          f"{markdown_table(report)}\n\n{legend}; PSNR/SSIM against the FP samples (same "
+          "seeds); MB: weights as stored; s: quantization time.\n")
     tmp = out_dir / "report.md.tmp"
     tmp.write_text(md)
     os.replace(tmp, out_dir / "report.md")
@@ -272,3 +268,82 @@ def activation_outliers(pipeline, prompts: list[str], steps: int | None = None,
         ratio[name] = (a.amax(1) / a.median(1).values.clamp_min(1e-8)).tolist()
     ranges = {n: (stats.minmax[n][:, 1] - stats.minmax[n][:, 0]).tolist() for n in stats.layers}
     return {"outlier_ratio": ratio, "range": ranges, "sigmas": stats.sigmas.tolist()}
+
+
+def _best_rows(rows: list[dict], bits: str) -> dict[str, dict]:
+    """method -> its row at nominal ``bits`` (e.g. ``"W4A4"``), rows of the bench layout."""
+    w, a = int(bits[1]), int(bits[3])
+    return {r["method"]: r for r in rows
+            if r["w_bits"] == w and int(round(r["a_bits"] - 0.25)) == a}
+
+
+def combine(bench_dir: str | Path, models: list[str] | None = None,
+            baselines: tuple[str, ...] = ("rtn", "svdquant", "gptq", "quarot", "vidit_q",
+                                          "smoothquant", "q_dit")) -> Path | None:
+    """The combined ``report.md`` and ``radar.png`` over every ``<model>/report.json`` found in
+    ``bench_dir`` (the paper's Tables 1-2 side by side and Fig. 2).
+
+    Per model and bit width, states whether AdaTSQ's task total beats every baseline's, by how
+    much and against the standard error. Returns the report's path (None if no report exists).
+    """
+    from adatsq.eval.plots import radar_chart
+
+    bench_dir = Path(bench_dir)
+    found = sorted(p.parent.name for p in bench_dir.glob("*/report.json"))
+    order = [m for m in (models or []) if m in found] + [m for m in found
+                                                          if m not in (models or [])]
+    if not order:
+        return None
+    reports = {m: json.loads((bench_dir / m / "report.json").read_text()) for m in order}
+    lines = ["# All models", "",
+             "Task total relative to FP (DigitEval for images, the video total for wan-digits) "
+             "and PSNR against FP, per method and bit width. Per-model tables: "
+             + ", ".join(f"[{m}]({m}/report.md)" for m in order) + ".", ""]
+    head = ["method", "bits", *order]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    methods = ["adatsq", *baselines]
+    verdicts, radar = [], {}
+    for bits in ("W4A4", "W3A3"):
+        for method in methods:
+            cells = []
+            for m in order:
+                fp = next((r for r in reports[m]["rows"] if r["method"] == "fp"), None)
+                row = _best_rows(reports[m]["rows"], bits).get(method)
+                if row is None or fp is None:
+                    cells.append("-")
+                    continue
+                rel = row["eval"]["total"] / fp["eval"]["total"]
+                cells.append(f"{rel:.3f} ({_fmt(row['psnr'], 1)} dB)")
+                radar.setdefault(f"{method} {bits}", {})[m] = rel
+            lines.append("| " + " | ".join([method, bits, *cells]) + " |")
+        for m in order:
+            at = _best_rows(reports[m]["rows"], bits)
+            if "adatsq" not in at:
+                continue
+            ours = at["adatsq"]
+            others = {k: v for k, v in at.items() if k in baselines}
+            if not others:
+                continue
+            best = max(others, key=lambda k: others[k]["eval"]["total"])
+            gap = ours["eval"]["total"] - others[best]["eval"]["total"]
+            se = ours["eval_se"] or 0.0
+            verdict = ("beats every baseline" if gap > 0 else "does not beat every baseline")
+            noise = " (within 2 standard errors)" if abs(gap) <= 2 * se * 2**0.5 else ""
+            verdicts.append(f"- **{m} {bits}**: AdaTSQ {ours['eval']['total']:.3f} (A"
+                            f"{ours['a_bits']:.2f}) {verdict}: best baseline {best} "
+                            f"{others[best]['eval']['total']:.3f}, gap {gap:+.3f}{noise}; PSNR "
+                            f"{_fmt(ours['psnr'], 1)} vs {_fmt(others[best]['psnr'], 1)} dB.")
+    lines += ["", "## Does AdaTSQ beat every baseline?", "", *verdicts, ""]
+    axes = [(m, bits) for m in order for bits in ("W4A4", "W3A3")
+            if any(m in radar.get(f"{method} {bits}", {}) for method in methods)]
+    if len(axes) >= 3:  # a polygon needs three axes
+        series = {method: [radar.get(f"{method} {bits}", {}).get(m, 0.0) for m, bits in axes]
+                  for method in methods}
+        radar_chart([f"{m} {bits}" for m, bits in axes], series, bench_dir / "radar.png",
+                    title="Task total relative to FP per model and bit width (paper Fig. 2)")
+        lines += ["![radar](radar.png)", ""]
+    path = bench_dir / "report.md"
+    tmp = path.with_name("report.md.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, path)
+    return path

@@ -95,18 +95,20 @@ class DigitPipeline:
 
     def calibration_prompts(self, n: int, seed: int = 1) -> list[str]:
         """Calibration prompts, disjoint from every evaluation prompt set."""
-        from adatsq.zoo.scenes import calibration_prompts
+        return self.task.calibration_set(n, seed)[0]
 
-        return calibration_prompts(n, seed)
+    @property
+    def task(self):
+        """The evaluation task of this model (:mod:`adatsq.eval.tasks`)."""
+        from adatsq.eval.tasks import task_for
+
+        return task_for(self.entry)
 
     def selection_set(self, n: int, seed: int = 2):
-        """Prompts disjoint from evaluation and a task metric of their images (higher is better).
+        """Prompts disjoint from evaluation and a task metric of their samples (higher is better).
 
-        Used by end-to-end selection (AdaTSQ Sec. 3.2.4): DigitEval's total on calibration scenes.
+        Used by end-to-end selection (AdaTSQ Sec. 3.2.4): the task's total (DigitEval for
+        scenes, the video score for clips) on calibration prompts.
         """
-        from adatsq.eval import digiteval
-        from adatsq.zoo.scenes import calibration_scenes
-
-        pairs = calibration_scenes(n, seed)
-        specs = [spec for _, spec in pairs]
-        return [p for p, _ in pairs], lambda images: digiteval.evaluate(images, specs).total
+        prompts, specs = self.task.calibration_set(n, seed)
+        return prompts, self.task.selection_metric(specs)

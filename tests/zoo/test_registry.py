@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+import torch
+
+from adatsq.models import adapter_for
+from adatsq.zoo import registry
+
+
+@pytest.mark.parametrize("name", sorted(registry.ENTRIES))
+def test_every_entry_trains_one_step_on_its_own_data(name):
+    """Build, text conditioning, latents and flow-matching loss of each embedded model."""
+    entry = registry.get(name)
+    torch.manual_seed(0)
+    model = entry.build_model()
+    assert type(model).__name__ == entry.model_class
+    prompts = ["", *entry.all_prompts()]
+    table = {"index": {p: i % 4 for i, p in enumerate(prompts)},  # random stand-in embeddings
+             "states": torch.randn(4, entry.text_length, 384), "pooled": torch.randn(4, 384)}
+    loss = entry.training_loss(model, np.random.default_rng(0), torch.Generator().manual_seed(0),
+                               2, 0.1, table)
+    assert torch.isfinite(loss) and loss.item() > 0.1  # an untrained model is far from zero
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", sorted(registry.ENTRIES))
+def test_latents_round_trip_to_samples(name):
+    entry = registry.get(name)
+    adapter = adapter_for(entry.build_model())
+    samples = torch.rand(2, *entry.sample_shape) * 2 - 1
+    latents = adapter.to_latents(samples)
+    torch.testing.assert_close(adapter.from_latents(latents, entry.sample_shape), samples,
+                               rtol=0, atol=0)
+
+
+def test_video_entry_describes_clips_and_unknown_names_are_refused():
+    wan = registry.get("wan-digits")
+    assert wan.is_video and wan.sample_shape == (3, wan.frames, 16, 16)
+    assert registry.get("flux-digits-schnell").weights == registry.get("flux-digits").weights
+    with pytest.raises(KeyError, match="known"):
+        registry.get("flux-digits-xl")
