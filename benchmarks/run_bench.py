@@ -22,8 +22,8 @@ METHODS = ["rtn", "adatsq", "svdquant", "gptq", "quarot", "vidit_q", "smoothquan
 """In order of interest: report.json is rewritten after every row, so a cut run keeps the first."""
 ABLATIONS = ["minmax", "+pareto", "+fisher_calib", "+pareto+avg_calib"]
 MODELS = ["flux-digits", "flux-digits-schnell", "zimage-digits", "wan-digits"]
-EVAL_SIZE = {"flux-digits": 100, "flux-digits-schnell": 100, "zimage-digits": 100,
-             "wan-digits": 200}
+EVAL_SIZE = {"flux-digits": 100, "flux-digits-schnell": 100, "zimage-digits": 50,
+             "wan-digits": 96}
 """Evaluation set per model, sized so that ``make bench`` fits its time budget (BENCHMARKS.md)."""
 
 

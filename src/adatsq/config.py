@@ -61,15 +61,24 @@ class ActivationSpec:
 
 @dataclass(frozen=True)
 class CalibrationSpec:
-    """Calibration prompts (disjoint from evaluation prompts), their seed and the sampling steps."""
+    """Calibration prompts (disjoint from evaluation prompts), their seed and the sampling steps.
+
+    ``memory_gb`` bounds the calibration Hessians held at once: a model whose per-step Hessians
+    exceed it (Flux-Dev: about 100 GB at 50 steps) is captured and quantized in groups of
+    consecutive layers, one sampling pass of the calibration prompts per group.
+    """
 
     num_prompts: int = 32
     seed: int = 1
     steps: int | None = None
+    memory_gb: float = 8.0
 
     def __post_init__(self):
         if self.num_prompts <= 0:
             raise ValueError(f"calibration needs at least one prompt, got {self.num_prompts}")
+        if not self.memory_gb > 0:
+            raise ValueError(f"the calibration memory budget must be positive, got "
+                             f"{self.memory_gb}")
         if self.steps is not None and self.steps <= 0:
             raise ValueError("calibration steps must be positive")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import nn
 from tqdm import tqdm
 
-from adatsq.calib.capture import CaptureConfig, capture
+from adatsq.calib.capture import CaptureConfig, capture, memory_estimate
 from adatsq.config import Recipe
 from adatsq.io import round_to_storage_
 from adatsq.methods import get_method
@@ -87,22 +87,46 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
     layers = adapter.quantizable_layers(model)
     if any(isinstance(m, QuantLinear) for m in layers.values()):
         raise ValueError("this transformer is already quantized; load a fresh one")
+    groups = [list(layers)]
     if method.capture is not None and stats is None:
         calib = recipe.calibration
         prompts = pipeline.calibration_prompts(calib.num_prompts, calib.seed)
-        stats = capture(pipeline, prompts, seed=recipe.calibration.seed, steps=steps,
-                        config=CaptureConfig(hessian=method.capture), progress=progress)
+        groups = layer_groups(layers, steps, method.capture, calib.memory_gb)
+        if len(groups) > 1 and not method.streams:
+            need = memory_estimate(layers, steps, method.capture) / 2**30
+            raise ValueError(f"{recipe.method} needs the Hessians of all layers at once "
+                             f"({need:.1f} GB); raise the calibration memory budget "
+                             f"(memory_gb, now {calib.memory_gb:g}) or use another method")
+
+        def stats_of(group, i):
+            if len(groups) > 1:
+                log.info("calibration group %d/%d: %d layers", i + 1, len(groups), len(group))
+            return capture(pipeline, prompts, seed=calib.seed, steps=steps,
+                           config=CaptureConfig(hessian=method.capture), progress=progress,
+                           only=group if len(groups) > 1 else None)
+
+        stats = stats_of(groups[0], 0)
     if stats is not None and stats.steps != steps:
         raise ValueError(f"calibration statistics cover {stats.steps} steps but the recipe "
                          f"samples {steps}; capture them with the same number of steps")
     tracker = StepTracker(pipeline.schedule(steps))
     method.prepare(pipeline, stats)
     quantized = {}
-    for name, linear in tqdm(layers.items(), desc=f"{recipe.method} {recipe.label}",
-                             disable=not progress, leave=False):
-        q = method.quantize_layer(name, linear, stats, tracker)
+    bar = tqdm(total=len(layers), desc=f"{recipe.method} {recipe.label}", disable=not progress,
+               leave=False)
+    for i, group in enumerate(groups):
+        group_stats = stats
+        if i > 0:  # stream: this group's statistics, then keep only their small part
+            stats.drop_hessians()
+            group_stats = stats_of(group, i)
+            stats.absorb(group_stats)
+        for name in group:
+            # replaced only at the end: later groups are captured on the full-precision model
+            quantized[name] = method.quantize_layer(name, layers[name], group_stats, tracker)
+            bar.update()
+    bar.close()
+    for name, q in quantized.items():
         set_module(model, name, q)
-        quantized[name] = q
     tracker = attach_tracker(model, adapter, tracker.schedule)
     round_to_storage_(model)
     settings = method.finalize(pipeline, stats, tracker, quantized) or {}
@@ -111,6 +135,22 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
     policy = policy_of(model, pipeline, recipe, tracker.schedule, settings)
     log.info("%s %s done in %.1fs", recipe.method, recipe.label, settings["seconds"])
     return policy
+
+
+def layer_groups(layers: dict[str, nn.Linear], steps: int, mode: str,
+                 memory_gb: float) -> list[list[str]]:
+    """Consecutive groups of layers whose calibration Hessians fit in ``memory_gb`` each
+    (one group when all fit; a layer larger than the budget gets a group of its own)."""
+    budget = memory_gb * 2**30
+    groups, current, used = [], [], 0
+    for name, layer in layers.items():
+        need = memory_estimate({name: layer}, steps, mode)
+        if current and used + need > budget:
+            groups.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += need
+    return groups + [current] if current else groups
 
 
 def policy_of(model: nn.Module, pipeline, recipe: Recipe, schedule, settings) -> Policy:

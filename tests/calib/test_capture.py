@@ -53,3 +53,29 @@ def test_nan_calibration_is_refused(tiny_pipeline):
         pipe.transformer.x_embedder.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite activations"):
         capture(pipe, ["a 3"], progress=False)
+
+
+def test_streamed_calibration_equals_one_capture(tiny_pipeline):
+    """A memory budget below the model's Hessians: groups of layers, the same quantized model."""
+    from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec
+    from adatsq.pipeline import layer_groups, quantize_
+    from tests.conftest import fresh_copy
+
+    layers = tiny_pipeline.adapter.quantizable_layers(tiny_pipeline.transformer)
+    budget = 3 * memory_estimate(dict(list(layers.items())[:1]), 4) / 2**30
+    groups = layer_groups(layers, 4, "per_step", budget)
+    assert len(groups) > 2 and [n for g in groups for n in g] == list(layers)
+
+    outputs = []
+    for memory_gb in (8.0, budget):
+        pipe = fresh_copy(tiny_pipeline)
+        recipe = Recipe(method="gptq", weights=WeightSpec(bits=4),
+                        activations=ActivationSpec(bits=8),
+                        calibration=CalibrationSpec(num_prompts=3, memory_gb=memory_gb))
+        quantize_(pipe, recipe, progress=False)
+        outputs.append(pipe.generate(["a 3", "two 5s"], seed=0))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+    q_dit = Recipe(method="q_dit", calibration=CalibrationSpec(num_prompts=3, memory_gb=budget))
+    with pytest.raises(ValueError, match="all layers at once"):
+        quantize_(fresh_copy(tiny_pipeline), q_dit, progress=False)

@@ -83,6 +83,22 @@ class CalibrationStats:
         w = torch.full((self.steps,), 1.0 / self.steps) if weights is None else weights
         return torch.einsum("t,tij->ij", w.to(H.dtype), H)
 
+    def absorb(self, other: CalibrationStats) -> None:
+        """Adds the per-layer statistics of ``other`` (other layers, same prompts and steps),
+        except its Hessians: what streaming keeps of each group once it is quantized."""
+        if other.steps != self.steps:
+            raise ValueError("cannot merge statistics captured with different step counts")
+        for name in other.layers:
+            if name not in self.layers:
+                self.layers.append(name)
+        for field_name in ("rows", "absmax", "minmax", "samples"):
+            getattr(self, field_name).update(getattr(other, field_name))
+
+    def drop_hessians(self) -> None:
+        """Frees the Hessians (once their layers are quantized)."""
+        self.hessian.clear()
+        self.weighted_hessian.clear()
+
     def nbytes(self) -> int:
         tensors = [*self.hessian.values(), *self.absmax.values(), *self.samples.values()]
         tensors += [h for d in self.weighted_hessian.values() for h in d.values()]
@@ -99,17 +115,23 @@ def memory_estimate(layers: dict[str, nn.Linear], steps: int, mode: str = "per_s
 def capture(pipeline, prompts: list[str], seed: int = 0, steps: int | None = None,
             config: CaptureConfig = CaptureConfig(),
             step_weights: dict[str, dict[str, torch.Tensor]] | None = None,
-            progress: bool = True) -> CalibrationStats:
+            progress: bool = True, only: list[str] | None = None) -> CalibrationStats:
     """Samples ``prompts`` with the full-precision pipeline and records layer-input statistics.
 
     Args:
         pipeline: a pipeline exposing ``transformer``, ``adapter``, ``schedule(steps)`` and
             ``generate(prompts, seed, steps, callback=...)``.
         step_weights: for ``hessian="weighted"``: weighting name -> layer -> (T,) weights.
+        only: record these layers only (streaming a large model group by group).
     """
     steps = steps or pipeline.default_steps
     model = pipeline.transformer
     layers = pipeline.adapter.quantizable_layers(model)
+    if only is not None:
+        unknown = sorted(set(only) - set(layers))
+        if unknown:
+            raise ValueError(f"not quantizable layers of this model: {', '.join(unknown[:3])}")
+        layers = {n: layers[n] for n in only}
     if config.hessian == "weighted" and not step_weights:
         raise ValueError("hessian='weighted' needs step_weights")
     tracker = StepTracker(pipeline.schedule(steps))

@@ -31,12 +31,16 @@ class Method(ABC):
         options_class: frozen dataclass of the method's options.
         capture: Hessian mode the method needs from calibration (``"none"`` for no Hessian);
             ``None`` if the method needs no calibration at all.
+        streams: whether :meth:`quantize_layer` needs only its own layer's statistics, so that a
+            model too large for one capture is calibrated group by group (``prepare`` and
+            ``finalize`` then see every layer's small statistics but no Hessian).
     """
 
     name: ClassVar[str]
     source: ClassVar[str] = ""
     options_class: ClassVar[type] = MethodOptions
     capture: ClassVar[str | None] = None
+    streams: ClassVar[bool] = True
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe

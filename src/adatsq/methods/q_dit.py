@@ -67,6 +67,7 @@ class QDiT(Method):
     source = "Chen et al. 2025, Q-DiT (Juanerx/Q-DiT): group sizes + per-sample activations"
     options_class = QDiTOptions
     capture = "per_step"
+    streams = False  # the group-size allocation weighs every layer's Hessian at once
 
     def activation(self) -> ActivationQuant:
         a = self.recipe.activations
