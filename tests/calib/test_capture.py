@@ -57,9 +57,10 @@ def test_nan_calibration_is_refused(tiny_pipeline):
 
 def test_streamed_calibration_equals_one_capture(tiny_pipeline):
     """A memory budget below the model's Hessians: groups of layers, the same quantized model."""
+    from tests.conftest import fresh_copy
+
     from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec
     from adatsq.pipeline import layer_groups, quantize_
-    from tests.conftest import fresh_copy
 
     layers = tiny_pipeline.adapter.quantizable_layers(tiny_pipeline.transformer)
     budget = 3 * memory_estimate(dict(list(layers.items())[:1]), 4) / 2**30
