@@ -113,7 +113,8 @@ def table_section(model: str) -> list[str]:
             "category")
     legend = ("Video metrics (VBench analog, `adatsq.eval.video`): per_frame is per-frame "
               "DigitEval, dynamic_degree whether the digit moves as asked, subj/bg subject and "
-              "background consistency, smooth motion smoothness, flicker 1 - temporal flicker; "
+              "background consistency, smooth motion smoothness, flicker the temporal flicker "
+              "score (1 = no flicker); "
               "total is their task summary (± its standard error); PSNR/SSIM frame-wise against "
               "the FP clips under identical seeds"
               if video else

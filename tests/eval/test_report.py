@@ -63,7 +63,7 @@ def test_video_report_has_the_video_metrics_and_fidelity(tiny_zoo):
 
 
 def test_zimage_report_and_the_combined_report(tiny_zoo):
-    rows = _small(make_rows(["fp", "rtn"], ["W4A4"]))
+    rows = _small(make_rows(["fp", "rtn"], ["W4A4", "W3A3"]))
     compare("tiny-zimage", rows, 1, tiny_zoo / "bench" / "tiny-zimage", progress=False,
             figures=False)
     compare("tiny-wan", rows, 2, tiny_zoo / "bench" / "tiny-wan", progress=False,

@@ -312,9 +312,11 @@ def combine(bench_dir: str | Path, models: list[str] | None = None,
                 if row is None or fp is None:
                     cells.append("-")
                     continue
-                rel = row["eval"]["total"] / fp["eval"]["total"]
-                cells.append(f"{rel:.3f} ({_fmt(row['psnr'], 1)} dB)")
-                radar.setdefault(f"{method} {bits}", {})[m] = rel
+                reference = fp["eval"]["total"]
+                rel = row["eval"]["total"] / reference if reference > 0 else float("nan")
+                cells.append(f"{rel:.3f} ({_fmt(row['psnr'], 1)} dB)" if np.isfinite(rel)
+                             else f"n/a, FP scores 0 ({_fmt(row['psnr'], 1)} dB)")
+                radar.setdefault(f"{method} {bits}", {})[m] = rel if np.isfinite(rel) else 0.0
             lines.append("| " + " | ".join([method, bits, *cells]) + " |")
         for m in order:
             at = _best_rows(reports[m]["rows"], bits)

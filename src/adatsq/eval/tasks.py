@@ -109,7 +109,8 @@ class ClipTask(Task):
     unit = "clips"
     legend = ("Video metrics (VBench analog, adatsq.eval.video): per_frame: per-frame DigitEval; "
               "dynamic_degree: moves as asked; subj/bg: subject/background consistency; smooth: "
-              "motion smoothness; flicker: 1 - temporal flicker; PSNR/SSIM frame-wise")
+              "motion smoothness; flicker: VBench temporal flicker score (1 = none); PSNR/SSIM "
+              "frame-wise")
 
     def evaluation_set(self, n):
         from adatsq.zoo import clips

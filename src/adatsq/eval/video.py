@@ -45,10 +45,10 @@ _WINDOW = scenes.SLOT
 
 @dataclass(frozen=True)
 class VideoScores:
-    """Scores of a batch of clips, each averaged over clips; all in [0, 1], higher is better.
+    """Scores of a batch of clips, averaged over clips; in [0, 1], higher is better (but total_se).
 
     Attributes:
-        frame_accuracy: per-frame DigitEval: fraction of a clip's frames whose located digit is
+        per_frame: per-frame DigitEval: fraction of a clip's frames whose located digit is
             detected (ink above ``INK_THRESHOLD``, confidence >= ``MIN_CONFIDENCE``) as the
             asked digit, in the asked color when the prompt names one (an uncolored prompt
             accepts any color).
@@ -70,11 +70,13 @@ class VideoScores:
         temporal_flicker: VBench's 1 - mean absolute difference of consecutive frames, on the
             background only (on whole frames the moving digit would count as flicker; VBench
             computes it on static videos); it sees frame-to-frame flicker, not drift.
-        total: mean of ``frame_accuracy`` and ``dynamic_degree``: the right digit, moving the
+        total: mean of ``per_frame`` and ``dynamic_degree``: the right digit, moving the
             right way.
+        total_se: standard error of ``total`` over clips, ``std(t_i, ddof=1) / sqrt(B)`` of the
+            per-clip totals ``t_i`` (NaN for a single clip).
     """
 
-    frame_accuracy: float
+    per_frame: float
     clip_accuracy: float
     subject_consistency: float
     background_consistency: float
@@ -82,6 +84,7 @@ class VideoScores:
     dynamic_degree: float
     temporal_flicker: float
     total: float
+    total_se: float
 
     def to_dict(self) -> dict[str, float]:
         """JSON-ready dict of plain floats."""
@@ -119,7 +122,7 @@ def locate(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         >>> frames = np.zeros((1, 3, 16, 16))
         >>> frames[0, :, 5:11, 6:10] = 1.0
         >>> corners, centroids = locate(frames)
-        >>> corners.tolist(), centroids.tolist()
+        >>> corners.tolist(), centroids.round(6).tolist()
         ([[4, 4]], [[7.5, 7.5]])
     """
     mass = np.clip(ink(frames) - INK_FLOOR, 0.0, None)  # (N, H, W)
@@ -205,7 +208,7 @@ def evaluate_clips(videos: torch.Tensor | np.ndarray, specs: list[ClipSpec],
         >>> from adatsq.zoo.clips import make_clips
         >>> batch = make_clips(4)
         >>> scores = evaluate_clips(np.stack([c.video for c in batch]), [c.spec for c in batch])
-        >>> scores.dynamic_degree, scores.motion_smoothness
+        >>> scores.dynamic_degree, round(scores.motion_smoothness, 6)
         (1.0, 1.0)
     """
     clips = _as_clips(videos)  # (B, 3, F, H, W)
@@ -254,17 +257,17 @@ def evaluate_clips(videos: torch.Tensor | np.ndarray, specs: list[ClipSpec],
     across = np.abs(displacement[:, 0] * heading[:, 1] - displacement[:, 1] * heading[:, 0])
     moves = (along >= (n_frames - 1) * STEP / 2) & (along > across)  # (B,)
 
-    frame_accuracy = float(frame_pass.mean())
-    dynamic_degree = float(moves.mean())
+    per_clip_total = (frame_pass + moves) / 2  # (B,)
     return VideoScores(
-        frame_accuracy=frame_accuracy,
+        per_frame=float(frame_pass.mean()),
         clip_accuracy=float((frame_pass >= CLIP_PASS_FRACTION).mean()),
         subject_consistency=float(cosine.mean()),
         background_consistency=float(background.mean()),
         motion_smoothness=float(smoothness.mean()),
-        dynamic_degree=dynamic_degree,
+        dynamic_degree=float(moves.mean()),
         temporal_flicker=float(1.0 - to_previous.mean()),
-        total=(frame_accuracy + dynamic_degree) / 2,
+        total=float(per_clip_total.mean()),
+        total_se=float(per_clip_total.std(ddof=1) / np.sqrt(b)) if b > 1 else float("nan"),
     )
 
 
