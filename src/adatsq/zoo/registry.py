@@ -30,6 +30,8 @@ class ZooEntry:
         steps: default number of sampling steps.
         guidance_scale: classifier-free guidance scale (1.0 = off).
         text_length: text tokens (MiniLM positions, padded).
+        training: :class:`~adatsq.zoo.train.TrainConfig` fields that differ from its defaults
+            for this model (the shipped weights were trained with them).
         frames: frames per sample of a text-to-video model (0: an image model on digit scenes;
             otherwise clips of moving digits from :mod:`adatsq.zoo.clips`).
         description: one line for ``adatsq zoo``.
@@ -44,6 +46,7 @@ class ZooEntry:
     text_length: int = 10
     frames: int = 0
     description: str = ""
+    training: dict = field(default_factory=dict, hash=False)
 
     @property
     def is_video(self) -> bool:
@@ -162,11 +165,12 @@ ENTRIES = {
                  description="flux-digits sampled in 4 steps, the schedule of Flux-Schnell "
                              "(CFG 2: the best of 1, 2, 3 at 4 steps)"),
         ZooEntry("zimage-digits", "ZImageTransformer2DModel", _ZIMAGE_DIGITS, "zimage-digits",
-                 steps=10, guidance_scale=3.0,
+                 steps=10, guidance_scale=3.0, training={"steps": 4500, "batch_size": 64},
                  description="ZImageTransformer2DModel (1+1 refiner + 4 main blocks, width 128) "
                              "trained on prompted digit scenes; 10 steps like Z-Image"),
         ZooEntry("wan-digits", "WanTransformer3DModel", _WAN_DIGITS, "wan-digits", steps=25,
                  guidance_scale=3.0, frames=clips.FRAMES,
+                 training={"steps": 3500, "batch_size": 64},
                  description="WanTransformer3DModel (4 blocks, width 128) trained on clips of "
                              "moving digits (text-to-video, 8 frames); 25 steps like Wan2.1"),
     )

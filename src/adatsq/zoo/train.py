@@ -154,23 +154,25 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("name", help="zoo model to train, e.g. flux-digits")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
-    parser.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay)
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--steps", type=int, help="default: the zoo entry's, else TrainConfig's")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--ema-decay", type=float)
+    parser.add_argument("--seed", type=int)
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--export", action="store_true", help="copy EMA weights into the package")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      ema_decay=args.ema_decay, seed=args.seed)
+    from adatsq.zoo import registry
+
+    entry = registry.get(args.name)
+    given = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "ema_decay", "seed")
+             if getattr(args, k) is not None}
+    cfg = TrainConfig(**{**entry.training, **given})
     weights = train(args.name, args.out, cfg, args.checkpoint_every, args.threads)
     if args.export:
-        from adatsq.zoo import registry
-
-        registry.get(args.name).export(weights, cfg, args.out / "history.jsonl")
+        entry.export(weights, cfg, args.out / "history.jsonl")
     return 0
 
 
