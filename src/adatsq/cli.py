@@ -39,6 +39,12 @@ def _read_prompts(args) -> list[str]:
     return prompts
 
 
+def _settings(args, *names: str) -> dict:
+    """The given (not None) diffusers pipeline settings among ``names``."""
+    values = {n: getattr(args, n, None) for n in names}
+    return {n: v for n, v in values.items() if v is not None}
+
+
 def cmd_zoo(args) -> int:
     from adatsq.zoo import registry
 
@@ -55,18 +61,19 @@ def cmd_zoo(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from adatsq.eval.plots import sample_grid
+    from adatsq.eval.plots import frame_strips, sample_grid
     from adatsq.pipeline import load_artifact, load_pipeline
 
     prompts = _read_prompts(args)
+    settings = _settings(args, "height", "width", "frames")
     if args.artifact:
-        pipe, _ = load_artifact(args.artifact)
+        pipe, _ = load_artifact(args.artifact, **settings)
     elif args.model:
-        pipe = load_pipeline(args.model)
+        pipe = load_pipeline(args.model, **settings)
     else:
         raise ValueError("name a model (zoo name, folder or hub id) or pass --artifact DIR")
     images = pipe.generate(prompts, seed=args.seed, steps=args.steps, progress=True)
-    sample_grid({args.artifact or args.model: images.numpy()}, prompts, args.out)
+    sample_grid({args.artifact or args.model: frame_strips(images.numpy())}, prompts, args.out)
     print(f"wrote {args.out}")
     return 0
 
@@ -76,7 +83,8 @@ def cmd_quantize(args) -> int:
     from adatsq.pipeline import load_pipeline, quantize_
 
     recipe = _recipe(args)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, **_settings(args, "height", "width", "frames",
+                                                 "calibration_file"))
     policy = quantize_(pipe, recipe)
     io.save(pipe.transformer, policy, args.out, pipe.source())
     size = io.model_bytes(pipe.transformer)
@@ -99,6 +107,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _size_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--height", type=int, help="image height (diffusers pipelines)")
+    p.add_argument("--width", type=int, help="image width (diffusers pipelines)")
+    p.add_argument("--frames", type=int, help="video frames (Wan pipelines)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adatsq", description="Post-training quantization of "
                                      "Diffusion Transformers: AdaTSQ and its baselines.")
@@ -117,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int)
     p.add_argument("--out", default="samples.png")
+    _size_options(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("quantize", help="quantize a model and write an artifact directory")
@@ -128,7 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--options", help="method options as JSON, e.g. '{\"alpha\": 0.5}'")
     p.add_argument("--recipe", help="a recipe file (JSON or YAML) instead of the flags")
+    p.add_argument("--calib-prompts-file", dest="calibration_file",
+                   help="calibration prompts, one per line (diffusers pipelines; default: "
+                   "GenEval-style prompts shipped with adatsq)")
     p.add_argument("--out", required=True)
+    _size_options(p)
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("evaluate", help="compare methods side by side on a zoo model")

@@ -43,9 +43,11 @@ class ArtifactError(ValueError):
 
 
 def round_to_storage_(model: nn.Module) -> nn.Module:
-    """Rounds every float parameter and buffer to FP16-representable values, in place."""
+    """Rounds every float parameter and persistent buffer (what an artifact stores) to
+    FP16-representable values, in place; buffers a model recomputes (non-persistent, such as
+    Wan's rotary tables) keep their precision, as in a model rebuilt from its config."""
     with torch.no_grad():
-        for t in [*model.parameters(), *model.buffers()]:
+        for t in model.state_dict().values():  # shares storage with the model's tensors
             if t.is_floating_point():
                 t.copy_(t.to(STORAGE_DTYPE).to(t.dtype))
         for m in model.modules():

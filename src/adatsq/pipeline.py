@@ -25,17 +25,24 @@ from adatsq.quant.qlinear import QuantLinear, StepTracker
 log = logging.getLogger(__name__)
 
 
-def load_pipeline(model: str):
-    """A pipeline for ``model``: a zoo name, a local diffusers folder or a hub id."""
+def load_pipeline(model: str, **settings):
+    """A pipeline for ``model``: a zoo name, a local diffusers folder or a hub id.
+
+    ``settings`` (diffusers pipelines only): see
+    :func:`adatsq.models.pipelines.load_diffusers_pipeline`.
+    """
     from adatsq.zoo import registry
     from adatsq.zoo.pipeline import DigitPipeline
 
     if model in registry.ENTRIES:
+        if settings:
+            raise ValueError(f"{', '.join(sorted(settings))}: only for diffusers pipelines, "
+                             f"not the embedded model {model}")
         return DigitPipeline.from_zoo(model)
     if Path(model).exists() or "/" in model:
         from adatsq.models.pipelines import load_diffusers_pipeline
 
-        return load_diffusers_pipeline(model)
+        return load_diffusers_pipeline(model, **settings)
     raise ValueError(f"unknown model {model!r}: not a zoo model ({', '.join(registry.ENTRIES)}), "
                      "a local folder or a hub id; see 'adatsq zoo'")
 
@@ -174,8 +181,11 @@ def average_bits(policy: Policy) -> tuple[int, float]:
     return policy.weight_bits, policy.average_activation_bits
 
 
-def load_artifact(path: str | Path):
-    """A pipeline whose transformer is the quantized model stored in artifact ``path``."""
+def load_artifact(path: str | Path, **settings):
+    """A pipeline whose transformer is the quantized model stored in artifact ``path``.
+
+    A diffusers pipeline samples as it did when quantized unless ``settings`` say otherwise.
+    """
     import diffusers
 
     from adatsq import io
@@ -191,10 +201,13 @@ def load_artifact(path: str | Path):
     from adatsq.zoo.pipeline import DigitPipeline
 
     if manifest["model"] in registry.ENTRIES:
+        if settings:
+            raise ValueError(f"{', '.join(sorted(settings))}: only for diffusers pipelines")
         pipe = DigitPipeline(registry.get(manifest["model"]), transformer)
     else:
         from adatsq.models.pipelines import load_diffusers_pipeline
 
-        pipe = load_diffusers_pipeline(manifest["model"], transformer=transformer)
+        settings = {**manifest.get("sampling", {}), **settings}
+        pipe = load_diffusers_pipeline(manifest["model"], transformer=transformer, **settings)
     attach_tracker(transformer, pipe.adapter, policy.schedule)
     return pipe, policy

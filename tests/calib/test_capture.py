@@ -63,9 +63,9 @@ def test_streamed_calibration_equals_one_capture(tiny_pipeline):
     from adatsq.pipeline import layer_groups, quantize_
 
     layers = tiny_pipeline.adapter.quantizable_layers(tiny_pipeline.transformer)
-    budget = 3 * memory_estimate(dict(list(layers.items())[:1]), 4) / 2**30
+    budget = 8 * memory_estimate(dict(list(layers.items())[:1]), 4) / 2**30
     groups = layer_groups(layers, 4, "per_step", budget)
-    assert len(groups) > 2 and [n for g in groups for n in g] == list(layers)
+    assert len(groups) >= 2 and [n for g in groups for n in g] == list(layers)
 
     outputs = []
     for memory_gb in (8.0, budget):

@@ -14,9 +14,10 @@ stream what the methods need and nothing more:
 Memory: ``"per_step"`` holds ``4 * T * sum_l d_in(l)^2`` bytes; ``"weighted"`` holds
 ``4 * K * sum_l d_in(l)^2`` for K weightings. Flux-Dev (57 blocks; inputs of width 3072 and
 12288, about 5.1e8 summed d_in^2) at 50 steps would need about 100 GB per-step, but 2 GB per
-weighting. The methods here read per-step Hessians; ``"weighted"`` serves a caller that knows its
-weightings up front (e.g. uniform and Fisher-guided, computed first), layer by layer for such
-models. :func:`memory_estimate` tells before capturing.
+weighting. :func:`memory_estimate` tells before capturing; ``capture(..., only=names)`` records a
+subset of layers, which is how :func:`adatsq.pipeline.quantize_` streams a large model through
+calibration in groups that fit ``CalibrationSpec.memory_gb``. Statistics are kept on the CPU
+whatever device the model runs on.
 """
 
 from __future__ import annotations
@@ -158,13 +159,14 @@ def capture(pipeline, prompts: list[str], seed: int = 0, steps: int | None = Non
                 raise ValueError(f"non-finite activations reached {name} at step {t}; "
                                  "check the calibration prompts and the model weights")
             stats.rows[name][t] += X.shape[0]
-            stats.absmax[name][t] = torch.maximum(stats.absmax[name][t], X.abs().amax(0))
+            # statistics live on the CPU; the products are taken where the activations are
+            stats.absmax[name][t] = torch.maximum(stats.absmax[name][t], X.abs().amax(0).cpu())
             mm = stats.minmax[name][t]
-            mm[0], mm[1] = min(mm[0], X.min()), max(mm[1], X.max())
+            mm[0], mm[1] = min(mm[0], X.min().cpu()), max(mm[1], X.max().cpu())
             if config.samples_per_step:
                 idx = torch.randint(X.numel(), (config.samples_per_step,), generator=gen)
-                stats.samples[name][t] = X.reshape(-1)[idx]
-            XtX = X.T @ X  # (d_in, d_in)
+                stats.samples[name][t] = X.reshape(-1)[idx.to(X.device)].cpu()
+            XtX = (X.T @ X).cpu()  # (d_in, d_in)
             if config.hessian == "per_step":
                 stats.hessian[name][t] += XtX
             elif config.hessian == "weighted":

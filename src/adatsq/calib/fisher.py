@@ -107,13 +107,14 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
         with torch.enable_grad():
             for t in tqdm(range(steps), desc="fisher", disable=not progress, leave=False):
                 s = float(sig[t])
-                eps = torch.randn(x0.shape, generator=gen)
+                eps = torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype)
                 xt = (1 - s) * x0 + s * eps
                 target = eps - x0
                 for i in range(0, B, micro_batch):
                     j = min(i + micro_batch, B)
                     sub = {k: v[i:j] for k, v in cond.items()}
-                    v = adapter.denoise(model, xt[i:j], sub, torch.full((j - i,), s))
+                    v = adapter.denoise(model, xt[i:j], sub,
+                                        torch.full((j - i,), s, device=x0.device))
                     loss = (v - target[i:j]).square().mean()
                     grads = torch.autograd.grad(loss, weights)
                     for li, g in enumerate(grads):

@@ -18,8 +18,11 @@ class FluxAdapter(Adapter):
     act once per sample on the timestep embedding. The embedders and the final projection stay in
     full precision, as in SVDQuant and ViDiT-Q.
 
-    Conditioning keys: ``encoder_hidden_states`` (B, L, D) and ``pooled_projections`` (B, P).
-    The transformer receives ``timestep = sigma`` (the pipeline divides the scheduler's t by 1000).
+    Conditioning keys: ``encoder_hidden_states`` (B, L, D) and ``pooled_projections`` (B, P);
+    optionally ``guidance`` (B,), the embedded guidance of guidance-distilled models (Flux-Dev;
+    3.5 if absent), and ``img_ids`` (B, N, 3), the position ids of the latent tokens (a square
+    grid if absent; needed for non-square images). The transformer receives ``timestep = sigma``
+    (the pipeline divides the scheduler's t by 1000).
     """
 
     name = "flux"
@@ -37,16 +40,21 @@ class FluxAdapter(Adapter):
     def denoise(self, model: nn.Module, latents: torch.Tensor, cond: Conditioning,
                 sigma: torch.Tensor) -> torch.Tensor:
         states = cond["encoder_hidden_states"]
-        tokens = latents.shape[1]
-        side = int(round(tokens**0.5))
+        device, dtype = latents.device, latents.dtype
+        if "img_ids" in cond:
+            img_ids = cond["img_ids"][0]  # the same grid for every sample
+        else:
+            tokens = latents.shape[1]
+            side = int(round(tokens**0.5))
+            img_ids = grid_ids(side, tokens // side)
         kwargs = {}
         if getattr(model.config, "guidance_embeds", False):
-            kwargs["guidance"] = cond.get("guidance", torch.full_like(sigma, 3.5))
+            kwargs["guidance"] = cond.get("guidance", torch.full_like(sigma, 3.5)).to(device)
         return model(hidden_states=latents, encoder_hidden_states=states,
                      pooled_projections=cond["pooled_projections"],
-                     timestep=self.model_timestep(sigma).to(latents.dtype),
-                     img_ids=grid_ids(side, tokens // side).to(latents.dtype),
-                     txt_ids=torch.zeros(states.shape[1], 3, dtype=latents.dtype),
+                     timestep=self.model_timestep(sigma).to(device, dtype),
+                     img_ids=img_ids.to(device, dtype),
+                     txt_ids=torch.zeros(states.shape[1], 3, device=device, dtype=dtype),
                      return_dict=False, **kwargs)[0]
 
     def text_conditioning(self, states, pooled):

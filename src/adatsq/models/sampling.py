@@ -20,16 +20,33 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 """``callback(step_index, sigma, latents)`` called before each transformer call."""
 
 
-def make_scheduler(steps: int, shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
-    """The scheduler with ``steps`` timesteps (sigmas from 1 to 1/steps, shifted)."""
+SPACINGS = ("train", "linear")
+
+
+def make_scheduler(steps: int, shift: float = 1.0,
+                   spacing: str = "train") -> FlowMatchEulerDiscreteScheduler:
+    """The scheduler with ``steps`` timesteps.
+
+    Args:
+        shift: ``sigma -> shift sigma / (1 + (shift - 1) sigma)`` (a dynamic shift ``mu`` is
+            ``shift = exp(mu)``).
+        spacing: noise levels before the shift: ``"train"``, diffusers' default (from 1 down to
+            the smallest training level); ``"linear"``, ``1, (n-1)/n, ..., 1/n`` (the sigmas the
+            Flux, Z-Image and, to 1e-3, Wan pipelines pass).
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
-    scheduler.set_timesteps(steps)
+    if spacing == "linear":
+        scheduler.set_timesteps(sigmas=torch.linspace(1.0, 1.0 / steps, steps).tolist())
+    else:
+        scheduler.set_timesteps(steps)
     return scheduler
 
 
-def sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
+def sigmas(steps: int, shift: float = 1.0, spacing: str = "train") -> torch.Tensor:
     """Noise levels (steps,) at which the transformer is called."""
-    return make_scheduler(steps, shift).sigmas[:steps].clone()
+    return make_scheduler(steps, shift, spacing).sigmas[:steps].clone()
 
 
 def _cat(a: Conditioning, b: Conditioning) -> Conditioning:
@@ -40,15 +57,16 @@ def _cat(a: Conditioning, b: Conditioning) -> Conditioning:
 def sample(adapter: Adapter, model: nn.Module, noise: torch.Tensor, cond: Conditioning,
            uncond: Conditioning | None, steps: int, guidance_scale: float = 1.0,
            shift: float = 1.0, callback: StepCallback | None = None,
-           progress: bool | str = False) -> torch.Tensor:
+           progress: bool | str = False, spacing: str = "train") -> torch.Tensor:
     """Integrates from ``noise`` (B, ...) in the adapter's latent layout to clean latents.
 
     Args:
         uncond: conditioning of the empty prompt (batch 1 or B); needed unless
             ``guidance_scale == 1``.
         progress: show a bar per step (a string is used as its label).
+        shift, spacing: the noise schedule (see :func:`make_scheduler`).
     """
-    scheduler = make_scheduler(steps, shift)
+    scheduler = make_scheduler(steps, shift, spacing)
     x = noise
     b = x.shape[0]
     guided = guidance_scale != 1.0
