@@ -39,3 +39,17 @@ def test_video_entry_describes_clips_and_unknown_names_are_refused():
     assert registry.get("flux-digits-schnell").weights == registry.get("flux-digits").weights
     with pytest.raises(KeyError, match="known"):
         registry.get("flux-digits-xl")
+
+
+def test_training_settings_come_from_the_entry_unless_given(monkeypatch, tmp_path):
+    from adatsq.zoo import train
+
+    seen = []
+    monkeypatch.setattr(train, "train", lambda name, out, cfg, *a: seen.append(cfg) or out)
+    train.main(["zimage-digits", "--out", str(tmp_path)])
+    train.main(["zimage-digits", "--out", str(tmp_path), "--steps", "7"])
+    train.main(["flux-digits", "--out", str(tmp_path)])
+    entry = registry.get("zimage-digits").training
+    assert (seen[0].steps, seen[0].batch_size) == (entry["steps"], entry["batch_size"])
+    assert (seen[1].steps, seen[1].batch_size) == (7, entry["batch_size"])
+    assert seen[2] == train.TrainConfig()
