@@ -117,7 +117,11 @@ def train(name: str, out: Path, cfg: TrainConfig, checkpoint_every: int = 500,
     history_path = out / "history.jsonl"
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {name}",
                mininterval=5.0)
-    t0 = time.time()
+    before = 0.0  # wall time of the run before this resume
+    if start and history_path.exists():
+        records = [json.loads(line) for line in history_path.read_text().splitlines() if line]
+        before = records[-1]["elapsed"] if records else 0.0
+    t0 = time.time() - before
     for step in bar:
         rng = np.random.default_rng([cfg.seed, step])
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
