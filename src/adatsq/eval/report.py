@@ -328,9 +328,9 @@ def combine(bench_dir: str | Path, models: list[str] | None = None,
                 continue
             best = max(others, key=lambda k: others[k]["eval"]["total"])
             gap = ours["eval"]["total"] - others[best]["eval"]["total"]
-            se = ours["eval_se"] or 0.0
+            se = ((ours["eval_se"] or 0.0) ** 2 + (others[best]["eval_se"] or 0.0) ** 2) ** 0.5
             verdict = ("beats every baseline" if gap > 0 else "does not beat every baseline")
-            noise = " (within 2 standard errors)" if abs(gap) <= 2 * se * 2**0.5 else ""
+            noise = " (within 2 standard errors of the difference)" if abs(gap) <= 2 * se else ""
             verdicts.append(f"- **{m} {bits}**: AdaTSQ {ours['eval']['total']:.3f} (A"
                             f"{ours['a_bits']:.2f}) {verdict}: best baseline {best} "
                             f"{others[best]['eval']['total']:.3f}, gap {gap:+.3f}{noise}; PSNR "
