@@ -64,10 +64,16 @@ def sample_clip_spec(rng: np.random.Generator) -> ClipSpec:
     return ClipSpec(digit, color, direction)
 
 
+@functools.lru_cache(maxsize=1)
+def _specs_by_prompt() -> dict[str, ClipSpec]:
+    """Every spec of the clip grammar, by prompt, sorted by prompt."""
+    specs = [ClipSpec(d, c, m) for d in range(10) for c in (None, *PALETTE) for m in DIRECTIONS]
+    return dict(sorted((prompt_of(s), s) for s in specs))
+
+
 def all_clip_prompts() -> list[str]:
     """Every prompt of the clip grammar, sorted."""
-    specs = [ClipSpec(d, c, m) for d in range(10) for c in (None, *PALETTE) for m in DIRECTIONS]
-    return sorted(prompt_of(s) for s in specs)
+    return list(_specs_by_prompt())
 
 
 def render_clip(rng: np.random.Generator, spec: ClipSpec, part: str = "train") -> np.ndarray:
@@ -109,13 +115,7 @@ def make_clips(n: int, seed: int = EVAL_SEED, part: str = "held_out") -> list[Cl
 
 @functools.lru_cache(maxsize=1)
 def _evaluation_prompts() -> frozenset[str]:
-    rng = np.random.default_rng([EVAL_SEED, 31])
-    prompts = set()
-    for _ in range(MAX_EVAL):
-        spec = sample_clip_spec(rng)
-        prompts.add(prompt_of(spec))
-        render_clip(rng, spec, "held_out")  # keeps the stream aligned with make_clips
-    return frozenset(prompts)
+    return frozenset(c.prompt for c in make_clips(MAX_EVAL))
 
 
 def calibration_clip_specs(n: int, seed: int = 1) -> list[tuple[str, ClipSpec]]:
@@ -128,10 +128,8 @@ def calibration_clip_specs(n: int, seed: int = 1) -> list[tuple[str, ClipSpec]]:
         raise ValueError(f"the clip grammar has only {len(free)} prompts outside the evaluation "
                          f"sets; ask for at most that many")
     rng = np.random.default_rng([seed, 7919])
-    by_prompt = {prompt_of(s): s for s in (ClipSpec(d, c, m) for d in range(10)
-                                            for c in (None, *PALETTE) for m in DIRECTIONS)}
     chosen = rng.choice(len(free), size=n, replace=False)
-    return [(free[int(i)], by_prompt[free[int(i)]]) for i in chosen]
+    return [(free[int(i)], _specs_by_prompt()[free[int(i)]]) for i in chosen]
 
 
 def training_clip_batch(rng: np.random.Generator,
