@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adatsq.eval.report import markdown_table
+from adatsq.eval.report import adatsq_against_baselines, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "adatsq"
@@ -142,17 +142,11 @@ def table_section(model: str) -> list[str]:
 
 def verdict(report) -> list[str]:
     out = ["### Does AdaTSQ beat every baseline?", ""]
-    baselines = ["rtn", "smoothquant", "quarot", "vidit_q", "svdquant", "q_dit", "gptq"]
     for label in ("W4A4", "W3A3"):
-        ada = _row(report, "adatsq", label)
-        if ada is None:
+        v = adatsq_against_baselines(report["rows"], label)
+        if v is None:
             continue
-        rivals = [r for m in baselines if (r := _row(report, m, label))]
-        best = max(rivals, key=lambda r: r["eval"]["total"]) if rivals else None
-        if best is None:
-            continue
-        gap = ada["eval"]["total"] - best["eval"]["total"]
-        se = (ada["eval_se"] ** 2 + best["eval_se"] ** 2) ** 0.5
+        ada, best, gap, se = v["ours"], v["best"], v["gap"], v["se"]
         if abs(gap) < 2 * se:
             word = "within noise of the best baseline"
         elif gap > 0:

@@ -277,9 +277,25 @@ def _best_rows(rows: list[dict], bits: str) -> dict[str, dict]:
             if r["w_bits"] == w and int(round(r["a_bits"] - 0.25)) == a}
 
 
+BASELINES = ("rtn", "svdquant", "gptq", "quarot", "vidit_q", "smoothquant", "q_dit")
+
+
+def adatsq_against_baselines(rows: list[dict], bits: str,
+                             baselines: tuple[str, ...] = BASELINES) -> dict | None:
+    """AdaTSQ's row at nominal ``bits`` against the baseline with the best task total:
+    ``{"ours", "best", "gap", "se"}`` (``se``: standard error of the difference), or None."""
+    at = _best_rows(rows, bits)
+    others = [at[m] for m in baselines if m in at]
+    if "adatsq" not in at or not others:
+        return None
+    ours, best = at["adatsq"], max(others, key=lambda r: r["eval"]["total"])
+    se = ((ours["eval_se"] or 0.0) ** 2 + (best["eval_se"] or 0.0) ** 2) ** 0.5
+    return {"ours": ours, "best": best, "gap": ours["eval"]["total"] - best["eval"]["total"],
+            "se": se}
+
+
 def combine(bench_dir: str | Path, models: list[str] | None = None,
-            baselines: tuple[str, ...] = ("rtn", "svdquant", "gptq", "quarot", "vidit_q",
-                                          "smoothquant", "q_dit")) -> Path | None:
+            baselines: tuple[str, ...] = BASELINES) -> Path | None:
     """The combined ``report.md`` and ``radar.png`` over every ``<model>/report.json`` found in
     ``bench_dir`` (the paper's Tables 1-2 side by side and Fig. 2).
 
@@ -319,22 +335,17 @@ def combine(bench_dir: str | Path, models: list[str] | None = None,
                 radar.setdefault(f"{method} {bits}", {})[m] = rel if np.isfinite(rel) else 0.0
             lines.append("| " + " | ".join([method, bits, *cells]) + " |")
         for m in order:
-            at = _best_rows(reports[m]["rows"], bits)
-            if "adatsq" not in at:
+            v = adatsq_against_baselines(reports[m]["rows"], bits, baselines)
+            if v is None:
                 continue
-            ours = at["adatsq"]
-            others = {k: v for k, v in at.items() if k in baselines}
-            if not others:
-                continue
-            best = max(others, key=lambda k: others[k]["eval"]["total"])
-            gap = ours["eval"]["total"] - others[best]["eval"]["total"]
-            se = ((ours["eval_se"] or 0.0) ** 2 + (others[best]["eval_se"] or 0.0) ** 2) ** 0.5
+            ours, best, gap = v["ours"], v["best"], v["gap"]
             verdict = ("beats every baseline" if gap > 0 else "does not beat every baseline")
-            noise = " (within 2 standard errors of the difference)" if abs(gap) <= 2 * se else ""
+            noise = (" (within 2 standard errors of the difference)" if abs(gap) <= 2 * v["se"]
+                     else "")
             verdicts.append(f"- **{m} {bits}**: AdaTSQ {ours['eval']['total']:.3f} (A"
-                            f"{ours['a_bits']:.2f}) {verdict}: best baseline {best} "
-                            f"{others[best]['eval']['total']:.3f}, gap {gap:+.3f}{noise}; PSNR "
-                            f"{_fmt(ours['psnr'], 1)} vs {_fmt(others[best]['psnr'], 1)} dB.")
+                            f"{ours['a_bits']:.2f}) {verdict}: best baseline {best['method']} "
+                            f"{best['eval']['total']:.3f}, gap {gap:+.3f}{noise}; PSNR "
+                            f"{_fmt(ours['psnr'], 1)} vs {_fmt(best['psnr'], 1)} dB.")
     lines += ["", "## Does AdaTSQ beat every baseline?", "", *verdicts, ""]
     axes = [(m, bits) for m in order for bits in ("W4A4", "W3A3")
             if any(m in radar.get(f"{method} {bits}", {}) for method in methods)]
