@@ -270,7 +270,7 @@ def activation_outliers(pipeline, prompts: list[str], steps: int | None = None,
     return {"outlier_ratio": ratio, "range": ranges, "sigmas": stats.sigmas.tolist()}
 
 
-def _best_rows(rows: list[dict], bits: str) -> dict[str, dict]:
+def _rows_at(rows: list[dict], bits: str) -> dict[str, dict]:
     """method -> its row at nominal ``bits`` (e.g. ``"W4A4"``), rows of the bench layout."""
     w, a = int(bits[1]), int(bits[3])
     return {r["method"]: r for r in rows
@@ -284,7 +284,7 @@ def adatsq_against_baselines(rows: list[dict], bits: str,
                              baselines: tuple[str, ...] = BASELINES) -> dict | None:
     """AdaTSQ's row at nominal ``bits`` against the baseline with the best task total:
     ``{"ours", "best", "gap", "se"}`` (``se``: standard error of the difference), or None."""
-    at = _best_rows(rows, bits)
+    at = _rows_at(rows, bits)
     others = [at[m] for m in baselines if m in at]
     if "adatsq" not in at or not others:
         return None
@@ -324,7 +324,7 @@ def combine(bench_dir: str | Path, models: list[str] | None = None,
             cells = []
             for m in order:
                 fp = next((r for r in reports[m]["rows"] if r["method"] == "fp"), None)
-                row = _best_rows(reports[m]["rows"], bits).get(method)
+                row = _rows_at(reports[m]["rows"], bits).get(method)
                 if row is None or fp is None:
                     cells.append("-")
                     continue
