@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS ?= flux-digits flux-digits-schnell zimage-digits wan-digits
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench bench-ma lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_bench.py --models "$(MODELS)" --out runs/bench
+
+bench-ma: $(STAMP)
+	$(BIN)/python benchmarks/run_bench_ma.py --out runs/bench-ma
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

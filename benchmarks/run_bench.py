@@ -1,11 +1,15 @@
 """`make bench`: the full comparison behind BENCHMARKS.md.
 
-For every model: FP, RTN at W8A8, every baseline and AdaTSQ at W4A4 and W3A3, and the ablation
-rows of the paper's Table 3 at W3A3, on the model's evaluation set (:data:`EVAL_SIZE`: prompts per
-GenEval category for the image models, clips for the video model) at its default number of
-sampling steps; plus the activation-outlier measurement and the evaluator's ceiling (real held-out
-samples). Writes runs/bench/<model>/report.json, report.md, samples.png, figures/, artifacts/ (the
-two AdaTSQ rows), outliers.json, outliers.png, ceiling.json and timing.json, then the combined
+For every model: FP, RTN at W8A8, every baseline and AdaTSQ at W4A4 and W3A3 (SVDQuant at the
+paper's proportional rank and, labelled ``svdquant_r32``, at rank 32), the ablation rows of the
+paper's Table 3 at W3A3, and on :data:`DECOMPOSED` models the weight-only and activation-only rows
+(W4A16, W16A4, W3A16, W16A3) of :data:`DECOMPOSITION`; on the model's test set
+(:data:`EVAL_SIZE`: prompts per GenEval category for the image models, clips for the video model)
+and on a disjoint validation set (:data:`VALIDATION_SIZE`) on which the strongest baseline is
+chosen, at the model's default number of sampling steps; plus the activation-outlier measurement and
+the evaluator's ceiling (real held-out samples). Writes runs/bench/<model>/report.json (with the
+paired verdicts), per_sample.json, report.md, samples.png, efficiency.png, figures/, artifacts/
+(the two AdaTSQ rows), outliers.json, outliers.png, ceiling.json and timing.json, then the combined
 runs/bench/report.md and radar.png over every model benchmarked so far.
 """
 
@@ -16,18 +20,30 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from adatsq.eval.report import combine, compare, make_rows, markdown_table, write_json
 
-METHODS = ["rtn", "adatsq", "svdquant", "gptq", "quarot", "vidit_q", "smoothquant", "q_dit"]
+METHODS = ["rtn", "adatsq", "svdquant", "svdquant_r32", "gptq", "quarot", "vidit_q",
+           "smoothquant", "q_dit"]
 """In order of interest: report.json is rewritten after every row, so a cut run keeps the first."""
 ABLATIONS = ["minmax", "+pareto", "+fisher_calib", "+pareto+avg_calib"]
+DECOMPOSITION = ["rtn", "quarot", "svdquant", "adatsq"]
+"""Methods run with 16-bit weights or 16-bit activations: where does the error come from?"""
+DECOMPOSITION_BITS = ["W4A16", "W16A4", "W3A16", "W16A3"]
+DECOMPOSED = ("flux-digits",)
 MODELS = ["flux-digits", "flux-digits-schnell", "zimage-digits", "wan-digits"]
-EVAL_SIZE = {"flux-digits": 100, "flux-digits-schnell": 100, "zimage-digits": 50,
+EVAL_SIZE = {"flux-digits": 50, "flux-digits-schnell": 100, "zimage-digits": 50,
              "wan-digits": 96}
-"""Evaluation set per model, sized so that ``make bench`` fits its time budget (BENCHMARKS.md)."""
+"""Test set per model, sized so that ``make bench`` fits its time budget (BENCHMARKS.md)."""
+VALIDATION_SIZE = {"flux-digits": 60, "flux-digits-schnell": 120, "zimage-digits": 60,
+                   "wan-digits": 32}
+"""Validation prompts per model (disjoint from the test set): the strongest baseline is chosen
+on them."""
+THREADS = 2
 
 
-def bench_rows(methods: list[str] | None = None):
+def bench_rows(methods: list[str] | None = None, decomposition: bool = False):
     """The rows of `make bench` (a subset of methods with ``methods``)."""
     methods = methods or ["fp", *METHODS, *ABLATIONS]
     rows = []
@@ -40,6 +56,8 @@ def bench_rows(methods: list[str] | None = None):
             rows += make_rows([m], ["W3A3"])
         else:
             rows += make_rows([m], ["W4A4", "W3A3"])
+        if decomposition and m in DECOMPOSITION:
+            rows += make_rows([m], DECOMPOSITION_BITS)
     return rows
 
 
@@ -67,28 +85,39 @@ def ceiling(model: str, out: Path, size: int) -> dict:
     task = load_pipeline(model).task
     evaluation = task.evaluation_set(size)
     result = task.score(torch.from_numpy(evaluation.real), evaluation.specs)
+    result.pop("per_sample")
     write_json(result, out / "ceiling.json")
     return result
 
 
 def main() -> int:
+    from adatsq.eval.plots import efficiency_plot
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default=" ".join(MODELS), help="space-separated zoo names")
     parser.add_argument("--methods", help="comma-separated subset (default: all)")
-    parser.add_argument("--size", type=int, help="evaluation set size (default: EVAL_SIZE)")
+    parser.add_argument("--size", type=int, help="test set size (default: EVAL_SIZE)")
+    parser.add_argument("--validation", type=int, help="validation prompts (default: "
+                        "VALIDATION_SIZE)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(THREADS)  # reports record it; results depend on it in the last bits
     for model in args.models.split():
         t0 = time.time()
         out = args.out / model
         out.mkdir(parents=True, exist_ok=True)
         size = args.size or EVAL_SIZE.get(model, 100)
+        validation = args.validation if args.validation is not None else \
+            VALIDATION_SIZE.get(model, 60)
         outliers(model, out)
         ceiling(model, out, size)
-        rows = bench_rows(args.methods.split(",") if args.methods else None)
+        rows = bench_rows(args.methods.split(",") if args.methods else None,
+                          decomposition=model in DECOMPOSED)
         report = compare(model, rows, size, out, artifacts_dir=out / "artifacts",
-                         artifact_methods=("adatsq",))
+                         artifact_methods=("adatsq",), validation=validation)
+        efficiency_plot(report["rows"], out / "efficiency.png",
+                        title=f"{model}: quality against size and compute")
         write_json({"wall_seconds": time.time() - t0, "rows": len(rows)}, out / "timing.json")
         print(f"## {model}\n\n{markdown_table(report)}\n")
         combine(args.out)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adatsq.eval.report import adatsq_against_baselines, markdown_table
+from adatsq.eval.report import markdown_table, rows_at, verdict_line, verdict_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "adatsq"
@@ -137,26 +137,69 @@ def table_section(model: str) -> list[str]:
             g = r["granularity"]
             out.append(f"- {r['label']}: weights {g['weights']}; activations {g['activations']}")
     out += ["", f"![samples](runs/bench/{model}/samples.png)", ""]
-    return out + verdict(report)
+    if (bench / "efficiency.png").exists():
+        out += ["Quality against size (weights as stored) and compute (bit-operations per sample "
+                "and step of the quantized layers): a method that buys quality with 16-bit "
+                "parameters sits to the right.", "",
+                f"![efficiency](runs/bench/{model}/efficiency.png)", ""]
+    return out + verdict(report) + decomposition(report)
+
+
+def decomposition(report) -> list[str]:
+    """Weight-only and activation-only rows: which of the two dominates the error."""
+    methods = [m for m in ("rtn", "quarot", "svdquant", "adatsq")
+               if rows_at(report["rows"], "W4A16").get(m)]
+    if not methods:
+        return []
+    out = ["### Where the error comes from (weights or activations)", "",
+           "The same methods with 16-bit activations (W*b*A16: the weights' error alone) or "
+           "16-bit weights (W16A*b*: the activations' error alone); PSNR in dB against FP, task "
+           "total in brackets.", "",
+           "| method | W4A16 | W16A4 | W4A4 | W3A16 | W16A3 | W3A3 |", "|" + "---|" * 7]
+    verdicts = []
+    for m in methods:
+        cells = []
+        for bits in ("W4A16", "W16A4", "W4A4", "W3A16", "W16A3", "W3A3"):
+            r = rows_at(report["rows"], bits).get(m)
+            cells.append("-" if r is None else f"{r['psnr']:.2f} ({r['eval']['total']:.3f})")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+        for b in (4, 3):
+            w = rows_at(report["rows"], f"W{b}A16").get(m)
+            a = rows_at(report["rows"], f"W16A{b}").get(m)
+            if w and a:
+                side = "activations" if a["psnr"] < w["psnr"] else "weights"
+                verdicts.append(f"{m} at {b} bits: {side} ({w['psnr']:.1f} dB with only weights "
+                                f"quantized, {a['psnr']:.1f} dB with only activations)")
+    return out + ["", "Which dominates (lower PSNR alone): " + "; ".join(verdicts) + ".", ""]
 
 
 def verdict(report) -> list[str]:
-    out = ["### Does AdaTSQ beat every baseline?", ""]
+    out = ["### Does AdaTSQ beat the baselines?", "",
+           "AdaTSQ minus each baseline, paired on the same test prompts and seeds, with the 95% "
+           "interval (`report.json` `verdicts`): *beats* when the interval lies above 0, *loses* "
+           "when below, else *ties*. The strongest baseline (★) is chosen on the "
+           f"{report.get('validation', {}).get('num_prompts', 0)} validation prompts (task "
+           "total, then PSNR), never on the test prompts; `svdquant_r32` holds extra 16-bit "
+           "parameters and is not an equal-size baseline.", ""]
     for label in ("W4A4", "W3A3"):
-        v = adatsq_against_baselines(report["rows"], label)
-        if v is None:
+        summary = verdict_summary(report, label)
+        if summary is None:
             continue
-        ada, best, gap, se = v["ours"], v["best"], v["gap"], v["se"]
-        if abs(gap) < 2 * se:
-            word = "within noise of the best baseline"
-        elif gap > 0:
-            word = "beats every baseline"
-        else:
-            word = "does not beat every baseline"
-        out.append(f"- {label}: AdaTSQ (A{ada['a_bits']:.3f}) total {ada['eval']['total']:.3f} "
-                   f"vs the best baseline `{best['method']}` {best['eval']['total']:.3f}: "
-                   f"{word} on the task total (difference {gap:+.3f}, {abs(gap) / se:.1f} standard "
-                   f"errors); PSNR {ada['psnr']:.2f} vs {best['psnr']:.2f} dB.")
+        ours = summary["ours"]
+        psnr = {v["baseline"]: v for v in report["verdicts"]
+                if v["bits"] == label and v["metric"] == "psnr"}
+        out += [f"**{label}** (AdaTSQ A{ours['a_bits']:.3f}, total {ours['eval']['total']:.3f}, "
+                f"PSNR {ours['psnr']:.2f} dB): {verdict_line(summary)}.", "",
+                "| baseline | MB | total diff [95%] | verdict | PSNR diff dB [95%] | verdict |",
+                "|---|---|---|---|---|---|"]
+        at = rows_at(report["rows"], label)
+        for v in summary["verdicts"]:
+            q = psnr[v["baseline"]]
+            star = " ★" if v["strongest"] else ""
+            out.append(f"| {v['baseline']}{star} | {at[v['baseline']]['model_bytes'] / 1e6:.2f} | "
+                       f"{v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}] | {v['verdict']} | "
+                       f"{q['diff']:+.2f} [{q['lo']:+.2f}, {q['hi']:+.2f}] | {q['verdict']} |")
+        out.append("")
     fp = _row(report, "fp")
     search = _load(ROOT / "benchmarks" / "results" / "search.json")
     for label in ("W4A4", "W3A3"):

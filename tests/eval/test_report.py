@@ -3,12 +3,13 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from adatsq.config import CalibrationSpec
-from adatsq.eval.report import combine, compare, make_rows
+from adatsq.eval.report import combine, compare, make_rows, paired_analysis, parse_bits
 from adatsq.zoo import clips, registry
 
 TINY = {
@@ -72,3 +73,75 @@ def test_zimage_report_and_the_combined_report(tiny_zoo):
     text = path.read_text()
     assert "| rtn | W4A4 |" in text and "tiny-zimage" in text and "tiny-wan" in text
     assert (tiny_zoo / "bench" / "radar.png").exists()
+
+
+def test_bit_settings_parse_wide_and_narrow_widths():
+    assert parse_bits("W16A4") == (16, 4) and parse_bits("w4a16") == (4, 16)
+    rows = make_rows(["svdquant_r32", "+pareto"], ["W16A3"])
+    assert [r.label for r in rows] == ["svdquant_r32 W16A3", "+pareto W16A3"]
+    assert rows[0].recipe.options == {"rank": 32} and rows[0].recipe.method == "svdquant"
+    assert rows[0].recipe.weights.bits == 16 and rows[0].recipe.activations.bits == 3
+    for bad in ("W4", "A4W4", "W4Ax", "4A4"):
+        with pytest.raises(ValueError, match="not of the form"):
+            parse_bits(bad)
+
+
+def _synthetic(per):
+    rows = [{"method": m, "label": f"{m} {b}", "bits": b, "psnr": None if m == "fp" else 20.0,
+             "eval": {"total": 0.0}, **({"validation": v} if v else {})}
+            for m, b, v in [("fp", "W16A16", None), ("adatsq", "W4A4", None),
+                            ("rtn", "W4A4", {"total": 0.5, "psnr": 20.0}),
+                            ("quarot", "W4A4", {"total": 0.9, "psnr": 22.0}),
+                            ("svdquant_r32", "W4A4", {"total": 1.0, "psnr": 30.0})]]
+    samples = {"strata": ["a", "a", "b", "b"], "rows": {
+        f"{m} {'W16A16' if m == 'fp' else 'W4A4'}": {"total": t, "psnr": p, "ssim": p}
+        for m, (t, p) in per.items()}}
+    return rows, samples
+
+
+def test_paired_analysis_gives_one_verdict_per_baseline_and_metric():
+    rows, samples = _synthetic({
+        "fp": ([1, 1, 1, 1], None),
+        "adatsq": ([1, 1, 1, 0], [30, 31, 32, 33]),
+        "rtn": ([0, 0, 0, 0], [20, 21, 22, 23]),
+        "quarot": ([1, 1, 1, 0], [30, 30, 32, 33]),
+        "svdquant_r32": ([1, 1, 1, 1], [40, 41, 42, 43]),
+    })
+    result = paired_analysis(rows, samples)
+    got = {(v["baseline"], v["metric"]): v for v in result["verdicts"]}
+    assert set(got) == {(b, m) for b in ("rtn", "quarot", "svdquant_r32")
+                        for m in ("total", "psnr", "ssim")}
+    assert got["rtn", "psnr"]["verdict"] == "beats" and got["rtn", "psnr"]["diff"] == 10
+    assert got["svdquant_r32", "psnr"]["verdict"] == "loses"
+    assert got["quarot", "total"]["verdict"] == "ties" and got["quarot", "total"]["diff"] == 0
+    # strata: total = mean of the group means; adatsq loses 1 of 2 in group b
+    assert rows[1]["paired"]["fp"]["total"]["diff"] == pytest.approx(-0.25)
+    assert rows[1]["paired"]["rtn"]["psnr"]["diff"] == pytest.approx(10)
+    # the strongest equal-size baseline comes from the validation scores (r32 is not one)
+    assert result["strongest"]["W4A4"]["baseline"] == "quarot"
+    assert got["quarot", "total"]["strongest"] and not got["rtn", "total"]["strongest"]
+
+
+def test_report_has_paired_intervals_validation_and_environment(tiny_zoo):
+    out = tiny_zoo / "paired"
+    rows = _small(make_rows(["fp", "rtn", "svdquant"], ["W4A4"]))
+    report = compare("tiny-zimage", rows, 2, out, progress=False, figures=False, validation=6)
+    env = report["environment"]
+    assert set(env) == {"commit", "torch", "diffusers", "threads", "seed"}
+    assert env["threads"] == torch.get_num_threads() and env["seed"] == 0
+    assert report["validation"]["num_prompts"] == 6
+    samples = json.loads((out / "per_sample.json").read_text())
+    fp, rtn, svd = report["rows"]
+    for row in (rtn, svd):
+        per = samples["rows"][row["label"]]
+        assert len(per["total"]) == report["num_prompts"] == 12
+        assert np.mean(per["psnr"]) == pytest.approx(row["psnr"])
+        # the stratified mean of the per-prompt scores is the task total
+        strata = np.array(samples["strata"])
+        means = [np.mean(np.array(per["total"])[strata == c]) for c in np.unique(strata)]
+        assert np.mean(means) == pytest.approx(row["eval"]["total"])
+        assert row["paired"]["fp"]["total"]["diff"] == pytest.approx(
+            row["eval"]["total"] - fp["eval"]["total"])
+        assert row["validation"]["num_prompts"] == 6 and row["bops"] > 0
+    assert set(svd["paired"]["rtn"]) == {"total", "psnr", "ssim"}
+    assert "Δ FP [95%]" in (out / "report.md").read_text()

@@ -93,6 +93,23 @@ def test_ablation_without_pareto_keeps_uniform_bits(calibrated):
     assert (policy.bit_matrix() == 4).all() and "search" not in policy.settings
 
 
+def test_weight_only_and_activation_only_rows(calibrated):
+    """W4A16 has no activation bits to search; W16A4 searches them around 16-bit weights."""
+    _, stats = calibrated
+    weights_only = fresh_copy(calibrated[0])
+    policy = quantize_(weights_only, Recipe(method="adatsq", weights=WeightSpec(bits=4),
+                                            activations=ActivationSpec(bits=16), options=SMALL),
+                       progress=False, stats=stats)
+    assert (policy.bit_matrix() == 16).all() and policy.weight_bits == 4
+    assert "search" not in policy.settings and "alpha" in policy.settings
+    acts_only = fresh_copy(calibrated[0])
+    policy = quantize_(acts_only, Recipe(method="adatsq", weights=WeightSpec(bits=16),
+                                         activations=ActivationSpec(bits=4), options=SMALL),
+                       progress=False, stats=stats)
+    assert policy.weight_bits == 16 and "search" in policy.settings
+    assert 3 <= policy.average_activation_bits <= 4.1 + 1e-9
+
+
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="calib"):
         Recipe(method="adatsq", options={"calib": "magic"})

@@ -104,3 +104,26 @@ def test_q_dit_allocation_respects_budget_and_prefers_sensitive_layers():
                 key=lambda c: errors["a"][c[0]] + errors["b"][c[1]])
     assert (choice["a"], choice["b"]) == brute
     assert np.isclose(errors["a"][choice["a"]] + errors["b"][choice["b"]], 0.4)
+
+
+def test_svdquant_rank_keeps_the_papers_proportion_unless_given(calibrated):
+    from adatsq.eval.cost import bit_operations, layer_tokens
+    from adatsq.io import model_bytes
+    from adatsq.methods.svdquant import proportional_rank
+
+    assert proportional_rank(3072, 3072) == 32 and proportional_rank(3072, 12288) == 32
+    assert proportional_rank(128, 512) == 1 and proportional_rank(640, 640) == 7
+    pipe, stats = calibrated
+    sizes, ranks = {}, {}
+    for rank in (None, 32):
+        q = fresh_copy(pipe)
+        policy = quantize_(q, Recipe(method="svdquant", options={} if rank is None else
+                                     {"rank": rank}), progress=False, stats=stats)
+        ranks[rank] = policy.settings["lowrank_ranks"]
+        sizes[rank] = (model_bytes(q.transformer), bit_operations(q.transformer,
+                                                                  layer_tokens(pipe)))
+    assert ranks[None] == [1]  # 32-wide tiny layers: 32 * 32 / 3072 rounds to 0, at least 1
+    assert ranks[32] == [16]  # capped at half of the smaller side
+    assert sizes[None][0] < sizes[32][0] and sizes[None][1] < sizes[32][1]
+    with pytest.raises(ValueError, match="rank"):
+        Recipe(method="svdquant", options={"rank": 0})

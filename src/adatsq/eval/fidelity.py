@@ -69,11 +69,17 @@ def psnr(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray,
         >>> round(psnr(x, x + 0.2), 2)  # MSE 0.01 on [0, 1]
         20.0
     """
+    return float(psnr_per_image(a, b, max_db).mean())
+
+
+def psnr_per_image(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray,
+                   max_db: float = 100.0) -> np.ndarray:
+    """PSNR in dB of every image pair (N,), capped at ``max_db`` (see :func:`psnr`)."""
     x, y = _pair(a, b)
     mse = ((x - y) ** 2).mean(axis=(1, 2, 3))  # (N,)
     with np.errstate(divide="ignore"):
         db = 10.0 * np.log10(1.0 / mse)
-    return float(np.minimum(db, max_db).mean())
+    return np.minimum(db, max_db)
 
 
 def _gaussian_window(size: int, sigma: float) -> np.ndarray:
@@ -102,6 +108,12 @@ def ssim(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray,
         >>> round(ssim(x, x), 6)
         1.0
     """
+    return float(ssim_per_image(a, b, window, sigma).mean())
+
+
+def ssim_per_image(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray,
+                   window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    """SSIM of every image pair (N,) (see :func:`ssim`); its mean is :func:`ssim`."""
     x, y = _pair(a, b)
     if min(x.shape[-2:]) < window:
         raise ValueError(f"images {x.shape[-2:]} smaller than the SSIM window {window}")
@@ -113,7 +125,7 @@ def ssim(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray,
     cov = _filter(x * y, taps) - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)
                 / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)))
-    return float(ssim_map.mean())
+    return ssim_map.mean(axis=(1, 2, 3))  # (N,): equal maps, so the mean is ssim
 
 
 @torch.no_grad()

@@ -191,3 +191,77 @@ def radar_chart(axes_labels: list[str], series: dict[str, list[float]], path: st
     if title:
         ax.set_title(title, fontsize=10, pad=22)
     return _save(fig, path)
+
+
+def efficiency_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Task total and PSNR (rows) against weight bytes and bit-operations (columns), one point
+    per report row: a method that buys quality with 16-bit parameters sits to the right."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cmap = plt.get_cmap("tab20")
+    markers = {"W4A4": "o", "W3A3": "s", "W8A8": "^", "W16A16": "*"}
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), squeeze=False)
+    panels = [("total", lambda r: r["eval"]["total"]), ("PSNR (dB)", lambda r: r["psnr"])]
+    sizes = [("weights as stored (MB)", lambda r: r["model_bytes"] / 1e6),
+             ("bit-operations per sample and step (G)", lambda r: r["bops"] / 1e9)]
+    for i, (ylabel, y) in enumerate(panels):
+        for j, (xlabel, x) in enumerate(sizes):
+            ax = axes[i, j]
+            for r in rows:
+                if y(r) is None or r.get("bops") is None:
+                    continue
+                color = cmap(methods.index(r["method"]) % 20)
+                ax.scatter(x(r), y(r), color=color, marker=markers.get(r["bits"], "D"),
+                           s=70 if r["method"] == "adatsq" else 36, edgecolor="black",
+                           linewidth=0.4, zorder=3)
+                ax.annotate(f"{r['method']} {r['bits']}", (x(r), y(r)), fontsize=5.5,
+                            xytext=(3, 2), textcoords="offset points")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=cmap(k % 20), marker="o", ls="", label=m)
+               for k, m in enumerate(methods)]
+    handles += [plt.Line2D([], [], color="gray", marker=mk, ls="", label=b)
+                for b, mk in markers.items()]
+    fig.legend(handles=handles, loc="center right", fontsize=7, bbox_to_anchor=(1.08, 0.5))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def strength_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Task total and PSNR (rows) against the massive-activation strength, one line per method,
+    one column per bit width; the original model (strength None) is drawn at 1."""
+    bit_widths = list(dict.fromkeys(r["bits"] for r in rows if r["method"] != "fp"))
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "fp"))
+    strengths = sorted({r["strength"] or 1 for r in rows})
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(2, len(bit_widths), figsize=(5.5 * len(bit_widths), 7.5),
+                             squeeze=False)
+    for j, bits in enumerate(bit_widths):
+        for i, (ylabel, key) in enumerate([("task total", "total"), ("PSNR (dB)", "psnr")]):
+            ax = axes[i, j]
+            if key == "total":
+                fp = sorted((r["strength"] or 1, r["eval"]["total"]) for r in rows
+                            if r["method"] == "fp")
+                ax.plot(*zip(*fp), color="black", ls="--", lw=1, label="fp")
+            for k, m in enumerate(methods):
+                pts = sorted((r["strength"] or 1, r["eval"]["total"] if key == "total"
+                              else r["psnr"]) for r in rows
+                             if r["method"] == m and r["bits"] == bits)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", color=cmap(k % 10),
+                            lw=2.4 if m == "adatsq" else 1.2, label=m)
+            ax.set_xscale("log")
+            ax.set_xticks(strengths, ["none" if s == 1 else f"{s:g}" for s in strengths])
+            ax.minorticks_off()
+            ax.set_xlabel("massive-activation strength")
+            ax.set_ylabel(ylabel)
+            ax.set_title(bits, fontsize=9)
+            ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

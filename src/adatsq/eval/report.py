@@ -5,9 +5,12 @@ Every row is produced the same way: a fresh pipeline, ``quantize_`` with the row
 (PSNR, SSIM), Fréchet distance to the real held-out scenes of the same prompts, and the size of the
 weights as stored. Outputs: ``report.json`` (schema below), ``report.md`` and ``samples.png``.
 
-``report.json``: ``{"model", "steps", "num_prompts", "rows": [{"method", "w_bits", "a_bits",
-"psnr", "ssim", "fd", "model_bytes", "eval": {category: score, ..., "total"}, "eval_se",
-"seconds", "granularity", ...}]}``.
+``report.json``: ``{"model", "steps", "num_prompts", "seed", "environment": {"commit", "torch",
+"diffusers", "threads", "seed"}, "validation": {"num_prompts", "seed", "strongest"}, "verdicts":
+[{"bits", "baseline", "metric", "diff", "lo", "hi", "verdict", "strongest"}], "rows": [{"method",
+"label", "bits", "w_bits", "a_bits", "psnr", "ssim", "fd", "model_bytes", "bops", "eval":
+{category: score, ..., "total"}, "eval_se", "seconds", "granularity", "paired", "validation",
+...}]}``. The per-prompt scores behind ``paired`` and ``verdicts`` are in ``per_sample.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 
 from adatsq.config import Recipe
+from adatsq.eval.paired import VERDICTS
 from adatsq.eval.plots import frame_strips, sample_grid
 from adatsq.quant.primitives import FULL_PRECISION
 
@@ -58,9 +62,28 @@ ABLATIONS = {
 }
 """The ablation rows of the paper's Table 3, as AdaTSQ options (all with Hadamard rotation)."""
 
+VARIANTS = {
+    **{name: ("adatsq", options) for name, options in ABLATIONS.items()},
+    "svdquant_r32": ("svdquant", {"rank": 32}),
+}
+"""Row names that run a method with other options: name -> (method, options)."""
+
+BASELINES = ("rtn", "svdquant", "gptq", "quarot", "vidit_q", "smoothquant", "q_dit")
+"""The baselines AdaTSQ is compared with at equal size."""
+EXTRA_BUDGET = ("svdquant_r32",)
+"""Baselines compared with AdaTSQ too, but holding extra 16-bit parameters (not equal size)."""
+
+
+def parse_bits(label: str) -> tuple[int, int]:
+    """``"W4A4"`` -> (4, 4); ``"W16A3"`` -> (16, 3); a one-line ValueError otherwise."""
+    w, sep, a = label.upper().removeprefix("W").partition("A")
+    if not (label.upper().startswith("W") and sep and w.isdigit() and a.isdigit()):
+        raise ValueError(f"bit setting {label!r} is not of the form W4A4")
+    return int(w), int(a)
+
 
 def make_rows(methods: list[str], bits: list[str]) -> list[Row]:
-    """Rows for every method (or ablation name, or ``fp``) at every ``W4A4``-style setting."""
+    """Rows for every method (or variant name, or ``fp``) at every ``W4A4``-style setting."""
     from adatsq.config import ActivationSpec, WeightSpec
 
     rows = []
@@ -68,22 +91,18 @@ def make_rows(methods: list[str], bits: list[str]) -> list[Row]:
         if method == "fp":
             rows.append(Row("fp"))
             continue
+        base, options = VARIANTS.get(method, (method, {}))
         for label in bits:
-            label = label.upper()
-            w, _, a = label[1:].partition("A")
-            if not (label.startswith("W") and w.isdigit() and a.isdigit()):
-                raise ValueError(f"bit setting {label!r} is not of the form W4A4")
-            options = ABLATIONS.get(method, {})
-            recipe = Recipe(method="adatsq" if method in ABLATIONS else method,
-                            weights=WeightSpec(bits=int(w)),
-                            activations=ActivationSpec(bits=int(a)), options=options)
-            rows.append(Row(f"{method} {label}", recipe, name=method))
+            w, a = parse_bits(label)
+            recipe = Recipe(method=base, weights=WeightSpec(bits=w),
+                            activations=ActivationSpec(bits=a), options=options)
+            rows.append(Row(f"{method} {label.upper()}", recipe, name=method))
     return rows
 
 
-def write_json(data: Any, path: Path) -> Path:
+def write_json(data: Any, path: Path, indent: int | None = 1) -> Path:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.write_text(json.dumps(data, indent=indent) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -96,6 +115,13 @@ def _fmt(x, digits=3):
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def _interval(iv: dict | None) -> str:
+    """``+0.012 [-0.004, +0.028]`` of a paired interval."""
+    if iv is None:
+        return "-"
+    return f"{iv['diff']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}]"
+
+
 VIDEO_COLUMNS = {"subject_consistency": "subj", "background_consistency": "bg",
                  "motion_smoothness": "smooth", "temporal_flicker": "flicker"}
 
@@ -105,16 +131,19 @@ def markdown_table(report: dict[str, Any]) -> str:
     first = report["rows"][0]
     cats = [c for c in first["eval"] if c != "total"]
     video = [k for k in VIDEO_COLUMNS if k in first.get("video", {})]
-    head = ["method", "W/A", *cats, *[VIDEO_COLUMNS[k] for k in video], "total", "±se", "PSNR",
-            "SSIM", "FD", "MB", "s"]
+    head = ["method", "W/A", *cats, *[VIDEO_COLUMNS[k] for k in video], "total", "±se",
+            "Δ FP [95%]", "PSNR", "SSIM", "FD", "MB", "GBOPs", "s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         a = r["a_bits"]
         bits = f"{r['w_bits']}/{a:g}" if a == int(a) else f"{r['w_bits']}/{a:.2f}"
         cells = [r["method"], bits, *[_fmt(r["eval"][c], 2) for c in cats],
                  *[_fmt(r["video"][k], 3) for k in video], _fmt(r["eval"]["total"]),
-                 _fmt(r["eval_se"]), _fmt(r["psnr"], 2), _fmt(r["ssim"]), _fmt(r["fd"], 2),
-                 _fmt(r["model_bytes"] / 1e6, 2), _fmt(r["seconds"], 1)]
+                 _fmt(r["eval_se"]), _interval(r.get("paired", {}).get("fp", {}).get("total")),
+                 _fmt(r["psnr"], 2), _fmt(r["ssim"]), _fmt(r["fd"], 2),
+                 _fmt(r["model_bytes"] / 1e6, 2),
+                 _fmt(r["bops"] / 1e9 if r.get("bops") is not None else None, 3),
+                 _fmt(r["seconds"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -150,22 +179,50 @@ class _Calibrations:
         return dataclasses.replace(stats, derived={}), seconds
 
 
+VALIDATION_SEED = 3
+"""Seed of the validation prompts (calibration uses 1, AdaTSQ's selection 2; all disjoint from the
+test prompts)."""
+
+
+def environment(seed: int) -> dict[str, Any]:
+    """What a report was produced with: code commit, library versions, threads, seed."""
+    import subprocess
+
+    import diffusers
+
+    root = Path(__file__).resolve().parents[3]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+        commit += "+uncommitted" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"commit": commit, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "threads": torch.get_num_threads(), "seed": seed}
+
+
 def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Path,
             seed: int = 0, steps: int | None = None, progress: bool = True,
             artifacts_dir: str | Path | None = None, figures: bool = True,
-            artifact_methods: tuple[str, ...] | None = None) -> dict[str, Any]:
+            artifact_methods: tuple[str, ...] | None = None,
+            validation: int = 0) -> dict[str, Any]:
     """Evaluates ``rows`` on ``model`` and writes the reports to ``out_dir``.
 
     Args:
         model: a zoo name.
-        n_per_category: evaluation prompts per GenEval category.
+        n_per_category: evaluation (test) prompts per GenEval category.
         seed: noise seed shared by every row.
         artifacts_dir: if given, the artifact of every quantized row is saved there (of the rows
             whose method is in ``artifact_methods``, when given).
         figures: write the figures of rows that have them (Fisher, bits, Pareto) to
             ``out_dir/figures``.
+        validation: validation prompts (disjoint from the test prompts) every row also samples;
+            the strongest baseline is chosen on them (:func:`paired_analysis`).
     """
     from adatsq import io
+    from adatsq.eval.cost import bit_operations, layer_tokens
     from adatsq.eval.figures import run_figures
     from adatsq.pipeline import load_pipeline, quantize_
 
@@ -173,11 +230,16 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    task = load_pipeline(model).task
+    first = load_pipeline(model)
+    task, tokens = first.task, layer_tokens(first)
     evaluation = task.evaluation_set(n_per_category)
     prompts, specs, real, show = evaluation.prompts, evaluation.specs, evaluation.real, \
         evaluation.showcase
-    fp_images = None
+    val_prompts, val_specs = task.calibration_set(validation, VALIDATION_SEED) if validation \
+        else ([], [])
+    samples = {"strata": task.strata(specs), "validation_strata": task.strata(val_specs),
+               "rows": {}}
+    fp_images = fp_val = None
     steps_used = None
     report_rows, grid = [], {}
     rows = sorted(rows, key=lambda r: r.recipe is not None)  # FP first: the fidelity reference
@@ -195,37 +257,60 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
             policy = quantize_(pipe, recipe, progress=progress, stats=stats)
             seconds = time.time() - t0 + capture_seconds
             w_bits, a_bits = policy.weight_bits, policy.average_activation_bits
+            bits = recipe.label
             settings = policy.settings
             if figures and ("fisher" in settings or "search" in settings):
                 run_figures(policy, stats, load_pipeline(model).transformer, out_dir / "figures",
                             prefix=f"{row.label.replace(' ', '_')}_")
         else:
             policy, w_bits, a_bits, settings = None, FULL_PRECISION, float(FULL_PRECISION), {}
+            bits = f"W{FULL_PRECISION}A{FULL_PRECISION}"
         images = pipe.generate(prompts, seed=seed, steps=steps_used,
                                progress=f"{row.label}: sampling" if progress else False)
         scored = task.score(images, specs)
-        if fp_images is None and row.recipe is None:
-            fp_images = images
-        close = (task.fidelity(images, fp_images) if row.recipe is not None
-                 and fp_images is not None else {"psnr": None, "ssim": None})
+        per_sample = {"total": scored.pop("per_sample")}
+        val = None
+        if val_prompts:
+            val_images = pipe.generate(val_prompts, seed=seed, steps=steps_used)
+            val_scored = task.score(val_images, val_specs)
+            val = {"total": val_scored["eval"]["total"], "num_prompts": len(val_prompts)}
+            per_sample["validation"] = {"total": val_scored["per_sample"]}
+        if row.recipe is None:
+            fp_images = images if fp_images is None else fp_images
+            fp_val = val_images if val_prompts and fp_val is None else fp_val
+        close = {"psnr": None, "ssim": None}
+        if row.recipe is not None and fp_images is not None:
+            close_per = task.fidelity_per_sample(images, fp_images)
+            close = {k: float(v.mean()) for k, v in close_per.items()}
+            per_sample.update({k: v.tolist() for k, v in close_per.items()})
+            if val is not None and fp_val is not None:
+                val_per = task.fidelity_per_sample(val_images, fp_val)
+                val.update({k: float(v.mean()) for k, v in val_per.items()})
+                per_sample["validation"].update({k: v.tolist() for k, v in val_per.items()})
+        samples["rows"][row.label] = per_sample
         entry = {
             "method": row.method,
             "label": row.label,
+            "bits": bits,
             "w_bits": int(w_bits),
             "a_bits": round(float(a_bits), 4),
             **close,
             "fd": task.frechet(images, real),
             "model_bytes": io.model_bytes(pipe.transformer),
+            "bops": bit_operations(pipe.transformer, tokens),
             **scored,
             "seconds": round(seconds, 2),
             "granularity": settings.get("granularity"),
         }
+        if val is not None:
+            entry["validation"] = val
         if "search" in settings:
             keys = ("budget", "keep", "mean_bits", "total_loss", "truncated", "tried",
                     "selection_scores", "chosen")
             entry["search"] = {k: settings["search"][k] for k in keys}
-        if "group_sizes" in settings:
-            entry["group_sizes"] = settings["group_sizes"]
+        for key in ("group_sizes", "lowrank_ranks"):
+            if key in settings:
+                entry[key] = settings[key]
         if row.recipe is not None and row.recipe.options:
             entry["options"] = row.recipe.options
         report_rows.append(entry)
@@ -235,18 +320,84 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
                 artifact_methods is None or row.method in artifact_methods):
             io.save(pipe.transformer, policy, Path(artifacts_dir) / row.label.replace(" ", "_"),
                     pipe.source())
+        analysis = paired_analysis(report_rows, samples)
         report = {"model": model, "steps": steps_used, "num_prompts": len(prompts),
-                  "seed": seed, "rows": report_rows}
+                  "seed": seed, "environment": environment(seed),
+                  "validation": {"num_prompts": len(val_prompts), "seed": VALIDATION_SEED,
+                                 "strongest": analysis["strongest"]},
+                  "verdicts": analysis["verdicts"], "rows": report_rows}
+        write_json(samples, out_dir / "per_sample.json", indent=None)
         _write(report, grid, [prompts[i] for i in show], out_dir, task.legend)
     return report
+
+
+REFERENCE = "rtn"
+"""Every quantized row is also compared, prompt by prompt, with this method at its bit width."""
+
+
+def paired_analysis(rows: list[dict], samples: dict) -> dict[str, Any]:
+    """Paired differences of every row (in place) and AdaTSQ's verdicts against each baseline.
+
+    Adds to each row ``"paired"``: ``{"fp": {"total": interval}, "rtn": {"total", "psnr",
+    "ssim"}}`` (the row minus FP, and minus RTN at the same bit width; intervals as
+    :func:`adatsq.eval.paired.paired_difference`). Returns ``{"verdicts": [...], "strongest":
+    {bits: {...}}}``: one verdict per (bit width, baseline, metric), AdaTSQ minus the baseline
+    with its 95% interval, and per bit width the strongest equal-size baseline chosen on the
+    validation prompts (task total, then PSNR), never on the test prompts.
+    """
+    from adatsq.eval.paired import paired_difference, verdict
+
+    strata = samples["strata"]
+    per = samples["rows"]
+
+    def interval(a: dict, b: dict, metric: str) -> dict[str, float]:
+        x, y = per[a["label"]], per[b["label"]]
+        return paired_difference(x[metric], y[metric], strata if metric == "total" else None)
+
+    fp = next((r for r in rows if r["method"] == "fp"), None)
+    by_bits: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_bits.setdefault(r["bits"], {})[r["method"]] = r
+    for r in rows:
+        if r is fp:
+            continue
+        paired = {}
+        if fp is not None:
+            paired["fp"] = {"total": interval(r, fp, "total")}
+        ref = by_bits[r["bits"]].get(REFERENCE)
+        if ref is not None and ref is not r:
+            paired[REFERENCE] = {m: interval(r, ref, m) for m in ("total", "psnr", "ssim")}
+        r["paired"] = paired
+    verdicts, strongest = [], {}
+    for bits, at in by_bits.items():
+        ours = at.get("adatsq")
+        if ours is None:
+            continue
+        rivals = [at[m] for m in [*BASELINES, *EXTRA_BUDGET] if m in at]
+        equal_size = [b for b in rivals if b["method"] in BASELINES and "validation" in b]
+        if equal_size:
+            best = max(equal_size, key=lambda b: (b["validation"]["total"],
+                                                  b["validation"].get("psnr") or 0.0))
+            strongest[bits] = {"baseline": best["method"], **best["validation"]}
+        for b in rivals:
+            for metric in ("total", "psnr", "ssim"):
+                iv = interval(ours, b, metric)
+                verdicts.append({"bits": bits, "baseline": b["method"], "metric": metric,
+                                 "diff": iv["diff"], "lo": iv["lo"], "hi": iv["hi"],
+                                 "verdict": verdict(iv),
+                                 "strongest": strongest.get(bits, {}).get("baseline")
+                                 == b["method"]})
+    return {"verdicts": verdicts, "strongest": strongest}
 
 
 def _write(report: dict[str, Any], grid: dict[str, np.ndarray], prompts: list[str], out_dir: Path,
            legend: str):
     write_json(report, out_dir / "report.json")
     md = (f"# {report['model']}: {report['num_prompts']} prompts, {report['steps']} steps\n\n"
-          f"{markdown_table(report)}\n\n{legend}; PSNR/SSIM against the FP samples (same "
-          "seeds); MB: weights as stored; s: quantization time.\n")
+          f"{markdown_table(report)}\n\n{legend}; Δ FP: paired difference of the total to FP "
+          "(same prompts and seeds) with its 95% interval; PSNR/SSIM against the FP samples "
+          "(same seeds); MB: weights as stored; GBOPs: bit-operations per sample and step of the "
+          "quantized layers; s: quantization time.\n")
     tmp = out_dir / "report.md.tmp"
     tmp.write_text(md)
     os.replace(tmp, out_dir / "report.md")
@@ -270,28 +421,34 @@ def activation_outliers(pipeline, prompts: list[str], steps: int | None = None,
     return {"outlier_ratio": ratio, "range": ranges, "sigmas": stats.sigmas.tolist()}
 
 
-def _rows_at(rows: list[dict], bits: str) -> dict[str, dict]:
-    """method -> its row at nominal ``bits`` (e.g. ``"W4A4"``), rows of the bench layout."""
-    w, a = int(bits[1]), int(bits[3])
-    return {r["method"]: r for r in rows
-            if r["w_bits"] == w and int(round(r["a_bits"] - 0.25)) == a}
+def rows_at(rows: list[dict], bits: str) -> dict[str, dict]:
+    """method -> its row at nominal ``bits`` (e.g. ``"W4A4"``)."""
+    return {r["method"]: r for r in rows if r.get("bits") == bits}
 
 
-BASELINES = ("rtn", "svdquant", "gptq", "quarot", "vidit_q", "smoothquant", "q_dit")
-
-
-def adatsq_against_baselines(rows: list[dict], bits: str,
-                             baselines: tuple[str, ...] = BASELINES) -> dict | None:
-    """AdaTSQ's row at nominal ``bits`` against the baseline with the best task total:
-    ``{"ours", "best", "gap", "se"}`` (``se``: standard error of the difference), or None."""
-    at = _rows_at(rows, bits)
-    others = [at[m] for m in baselines if m in at]
-    if "adatsq" not in at or not others:
+def verdict_summary(report: dict, bits: str, metric: str = "total") -> dict[str, Any] | None:
+    """AdaTSQ at ``bits`` against every baseline on ``metric``: ``{"ours", "strongest",
+    "beats", "ties", "loses", "verdicts"}`` (baseline names by verdict; ``strongest``: the
+    strongest equal-size baseline chosen on validation prompts, with its verdict), or None."""
+    found = [v for v in report.get("verdicts", []) if v["bits"] == bits and v["metric"] == metric]
+    if not found:
         return None
-    ours, best = at["adatsq"], max(others, key=lambda r: r["eval"]["total"])
-    se = ((ours["eval_se"] or 0.0) ** 2 + (best["eval_se"] or 0.0) ** 2) ** 0.5
-    return {"ours": ours, "best": best, "gap": ours["eval"]["total"] - best["eval"]["total"],
-            "se": se}
+    out = {"ours": rows_at(report["rows"], bits)["adatsq"], "verdicts": found,
+           **{k: [v["baseline"] for v in found if v["verdict"] == k] for k in VERDICTS}}
+    strong = report.get("validation", {}).get("strongest", {}).get(bits)
+    out["strongest"] = next((v for v in found if strong and v["baseline"] == strong["baseline"]),
+                            None)
+    return out
+
+
+def verdict_line(summary: dict[str, Any]) -> str:
+    """One sentence: which baselines AdaTSQ beats, ties or loses to at 95% (paired)."""
+    parts = [f"{k} {', '.join(f'`{b}`' for b in summary[k])}" for k in VERDICTS if summary[k]]
+    s = summary["strongest"]
+    strongest = "" if s is None else (
+        f"; against the strongest baseline on validation, `{s['baseline']}`: {s['verdict']} "
+        f"({s['diff']:+.3f}, 95% interval {s['lo']:+.3f} to {s['hi']:+.3f})")
+    return "; ".join(parts) + strongest
 
 
 def combine(bench_dir: str | Path, models: list[str] | None = None,
@@ -299,8 +456,9 @@ def combine(bench_dir: str | Path, models: list[str] | None = None,
     """The combined ``report.md`` and ``radar.png`` over every ``<model>/report.json`` found in
     ``bench_dir`` (the paper's Tables 1-2 side by side and Fig. 2).
 
-    Per model and bit width, states whether AdaTSQ's task total beats every baseline's, by how
-    much and against the standard error. Returns the report's path (None if no report exists).
+    Per model and bit width, states which baselines AdaTSQ's task total beats, ties or loses to
+    (paired 95% intervals, :func:`paired_analysis`). Returns the report's path (None if no report
+    exists).
     """
     from adatsq.eval.plots import radar_chart
 
@@ -317,14 +475,14 @@ def combine(bench_dir: str | Path, models: list[str] | None = None,
              + ", ".join(f"[{m}]({m}/report.md)" for m in order) + ".", ""]
     head = ["method", "bits", *order]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    methods = ["adatsq", *baselines]
+    methods = ["adatsq", *baselines, *EXTRA_BUDGET]
     verdicts, radar = [], {}
     for bits in ("W4A4", "W3A3"):
         for method in methods:
             cells = []
             for m in order:
                 fp = next((r for r in reports[m]["rows"] if r["method"] == "fp"), None)
-                row = _rows_at(reports[m]["rows"], bits).get(method)
+                row = rows_at(reports[m]["rows"], bits).get(method)
                 if row is None or fp is None:
                     cells.append("-")
                     continue
@@ -335,18 +493,13 @@ def combine(bench_dir: str | Path, models: list[str] | None = None,
                 radar.setdefault(f"{method} {bits}", {})[m] = rel if np.isfinite(rel) else 0.0
             lines.append("| " + " | ".join([method, bits, *cells]) + " |")
         for m in order:
-            v = adatsq_against_baselines(reports[m]["rows"], bits, baselines)
-            if v is None:
-                continue
-            ours, best, gap = v["ours"], v["best"], v["gap"]
-            verdict = ("beats every baseline" if gap > 0 else "does not beat every baseline")
-            noise = (" (within 2 standard errors of the difference)" if abs(gap) <= 2 * v["se"]
-                     else "")
-            verdicts.append(f"- **{m} {bits}**: AdaTSQ {ours['eval']['total']:.3f} (A"
-                            f"{ours['a_bits']:.2f}) {verdict}: best baseline {best['method']} "
-                            f"{best['eval']['total']:.3f}, gap {gap:+.3f}{noise}; PSNR "
-                            f"{_fmt(ours['psnr'], 1)} vs {_fmt(best['psnr'], 1)} dB.")
-    lines += ["", "## Does AdaTSQ beat every baseline?", "", *verdicts, ""]
+            summary = verdict_summary(reports[m], bits)
+            if summary is not None:
+                ours = summary["ours"]
+                verdicts.append(f"- **{m} {bits}** (AdaTSQ {ours['eval']['total']:.3f}, A"
+                                f"{ours['a_bits']:.2f}): {verdict_line(summary)}.")
+    lines += ["", "## Does AdaTSQ beat the baselines? (task total, paired, 95%)", "",
+              *verdicts, ""]
     axes = [(m, bits) for m in order for bits in ("W4A4", "W3A3")
             if any(m in radar.get(f"{method} {bits}", {}) for method in methods)]
     if len(axes) >= 3:  # a polygon needs three axes

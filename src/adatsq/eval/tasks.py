@@ -54,11 +54,24 @@ class Task(ABC):
 
     @abstractmethod
     def score(self, samples: torch.Tensor, specs: list[Any]) -> dict[str, Any]:
-        """``{"eval": {group: score, ..., "total"}, "eval_se": float, ...}`` of ``samples``."""
+        """``{"eval": {group: score, ..., "total"}, "eval_se": float, "per_sample": [...],
+        ...}`` of ``samples``; ``per_sample`` holds every sample's contribution to ``total``
+        (its mean within each of :meth:`strata`, averaged over strata, is ``total``)."""
+
+    def strata(self, specs: list[Any]) -> list[str] | None:
+        """The group of every sample when ``total`` is a mean of group means, else None."""
+        return None
 
     @abstractmethod
+    def fidelity_per_sample(self, samples: torch.Tensor,
+                            reference: torch.Tensor) -> dict[str, np.ndarray]:
+        """``{"psnr": (N,), "ssim": (N,)}`` of every sample against the FP sample of the same
+        prompt and seed."""
+
     def fidelity(self, samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
         """``{"psnr", "ssim"}`` of ``samples`` against the FP samples of the same seeds."""
+        return {k: float(v.mean()) for k, v in self.fidelity_per_sample(samples,
+                                                                         reference).items()}
 
     def frechet(self, samples: torch.Tensor, real: np.ndarray) -> float | None:
         """Fréchet distance to the real samples, where the task defines one."""
@@ -93,11 +106,15 @@ class SceneTask(Task):
     def score(self, samples, specs):
         result = digiteval.evaluate(samples, specs)
         return {"eval": {**result.category_scores, "total": result.total},
-                "eval_se": result.total_se}
+                "eval_se": result.total_se,
+                "per_sample": [float(c) for c in result.correct]}
 
-    def fidelity(self, samples, reference):
-        return {"psnr": fidelity.psnr(samples, reference),
-                "ssim": fidelity.ssim(samples, reference)}
+    def strata(self, specs):
+        return [spec.category for spec in specs]
+
+    def fidelity_per_sample(self, samples, reference):
+        return {"psnr": fidelity.psnr_per_image(samples, reference),
+                "ssim": fidelity.ssim_per_image(samples, reference)}
 
     def frechet(self, samples, real):
         return fidelity.frechet_distance(samples, real)
@@ -131,12 +148,13 @@ class ClipTask(Task):
         scores = video.evaluate_clips(samples, specs)
         return {"eval": {"per_frame": scores.per_frame, "dynamic_degree": scores.dynamic_degree,
                          "total": scores.total},
-                "eval_se": scores.total_se, "video": scores.to_dict()}
+                "eval_se": scores.total_se, "video": scores.to_dict(),
+                "per_sample": list(scores.per_clip_total)}
 
-    def fidelity(self, samples, reference):
+    def fidelity_per_sample(self, samples, reference):
         from adatsq.eval import video
 
-        return video.clip_fidelity(samples, reference)
+        return video.clip_fidelity_per_clip(samples, reference)
 
 
 def task_for(entry) -> Task:

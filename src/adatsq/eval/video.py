@@ -15,7 +15,7 @@ background consistency, motion smoothness, dynamic degree, temporal flicker);
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -85,10 +85,12 @@ class VideoScores:
     temporal_flicker: float
     total: float
     total_se: float
+    per_clip_total: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     def to_dict(self) -> dict[str, float]:
-        """JSON-ready dict of plain floats."""
-        return {f.name: float(v) for f, v in zip(fields(self), astuple(self))}
+        """JSON-ready dict of the batch scores as plain floats (not the per-clip totals)."""
+        return {f.name: float(getattr(self, f.name)) for f in fields(self)
+                if f.name != "per_clip_total"}
 
 
 def _as_clips(videos: torch.Tensor | np.ndarray, name: str = "videos") -> np.ndarray:
@@ -268,11 +270,25 @@ def evaluate_clips(videos: torch.Tensor | np.ndarray, specs: list[ClipSpec],
         temporal_flicker=float(1.0 - to_previous.mean()),
         total=float(per_clip_total.mean()),
         total_se=float(per_clip_total.std(ddof=1) / np.sqrt(b)) if b > 1 else float("nan"),
+        per_clip_total=tuple(float(t) for t in per_clip_total),
     )
 
 
 def clip_fidelity(videos: torch.Tensor | np.ndarray,
                   fp_videos: torch.Tensor | np.ndarray) -> dict[str, float]:
+    """Frame-wise PSNR and SSIM of clips against the full-precision model's clips: the means
+    over clips of :func:`clip_fidelity_per_clip` (every clip has as many frames).
+
+    Example:
+        >>> x = np.zeros((2, 3, 8, 16, 16))
+        >>> clip_fidelity(x, x)
+        {'psnr': 100.0, 'ssim': 1.0}
+    """
+    return {k: float(v.mean()) for k, v in clip_fidelity_per_clip(videos, fp_videos).items()}
+
+
+def clip_fidelity_per_clip(videos: torch.Tensor | np.ndarray,
+                           fp_videos: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
     """Frame-wise PSNR and SSIM of clips against the full-precision model's clips.
 
     Each clip (B, 3, F, H, W) is unfolded into its frames (B F, 3, H, W) and scored by
@@ -284,15 +300,10 @@ def clip_fidelity(videos: torch.Tensor | np.ndarray,
         fp_videos: the reference clips, same shape.
 
     Returns:
-        ``{"psnr": dB, "ssim": value}``, both means over frames.
+        ``{"psnr": (B,), "ssim": (B,)}``: every clip's mean over its frames.
 
     Raises:
         ValueError: on a wrong shape, differing shapes or NaN/inf values.
-
-    Example:
-        >>> x = np.zeros((2, 3, 8, 16, 16))
-        >>> clip_fidelity(x, x)
-        {'psnr': 100.0, 'ssim': 1.0}
     """
     clips, reference = _as_clips(videos), _as_clips(fp_videos, "fp_videos")
     if clips.shape != reference.shape:
@@ -304,4 +315,5 @@ def clip_fidelity(videos: torch.Tensor | np.ndarray,
         return x.transpose(0, 2, 1, 3, 4).reshape(b * f, c, h, w) * 2.0 - 1.0
 
     frames, fp_frames = unfold(clips), unfold(reference)
-    return {"psnr": fidelity.psnr(frames, fp_frames), "ssim": fidelity.ssim(frames, fp_frames)}
+    return {"psnr": fidelity.psnr_per_image(frames, fp_frames).reshape(b, f).mean(1),
+            "ssim": fidelity.ssim_per_image(frames, fp_frames).reshape(b, f).mean(1)}

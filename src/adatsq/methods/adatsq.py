@@ -35,6 +35,7 @@ from adatsq.calib.fisher import FisherResult, fisher_information, temporal_weigh
 from adatsq.config import MethodOptions
 from adatsq.eval.fidelity import psnr
 from adatsq.methods.base import GPTQOptions, Method, register, rotated_layer
+from adatsq.quant.primitives import FULL_PRECISION
 from adatsq.search.candidates import CandidateConfig, generate_candidates
 from adatsq.search.pareto import beam_search
 
@@ -116,9 +117,11 @@ class AdaTSQ(Method):
 
     def __init__(self, recipe):
         super().__init__(recipe)
+        # 16-bit activations (a weight-only row) leave no activation bits to search
+        self.search = self.options.pareto and recipe.activations.bits != FULL_PRECISION
         budget = recipe.activations.bits + self.options.extra_bits
         lowest = min(self.options.bit_choices)
-        if self.options.pareto and budget < lowest:
+        if self.search and budget < lowest:
             raise ValueError(f"infeasible bit target: A{recipe.activations.bits} plus "
                              f"{self.options.extra_bits:g} is below the smallest bit choice "
                              f"{lowest}; raise --a-bits or add a lower width to bit_choices")
@@ -126,7 +129,7 @@ class AdaTSQ(Method):
     def granularity(self):
         g = super().granularity()
         g["activations"] = f"{g['activations']}, Hadamard-rotated" + (
-            ", timestep-dynamic bits" if self.options.pareto else "")
+            ", timestep-dynamic bits" if self.search else "")
         return g
 
     # -- 2/3: Fisher and weights -------------------------------------------------------------
@@ -135,7 +138,7 @@ class AdaTSQ(Method):
         model, adapter = pipeline.transformer, pipeline.adapter
         self.fisher: FisherResult | None = None
         seed = self.recipe.calibration.seed
-        if o.pareto or o.calib == "fisher":
+        if self.search or o.calib == "fisher":
             key = ("fisher", o.fisher_prompts, seed, stats.steps)  # shared on the same stats
             if key not in stats.derived:
                 prompts = pipeline.calibration_prompts(o.fisher_prompts, seed)
@@ -150,7 +153,7 @@ class AdaTSQ(Method):
             self.alpha = dict(zip(self.fisher.layers, temporal_weights(self.fisher.scores, o.tau)))
         # FP outputs along the calibration trajectory, for the step losses of Eq. 2
         self.fp_out = None
-        if o.pareto:
+        if self.search:
             if "fp_out" not in stats.derived:
                 with torch.no_grad():
                     B = stats.latents.shape[1]
@@ -182,7 +185,7 @@ class AdaTSQ(Method):
             settings["fisher"] = self.fisher.to_dict()
         if self.alpha is not None:
             settings["alpha"] = {n: a.tolist() for n, a in self.alpha.items()}
-        if not o.pareto:
+        if not self.search:
             return settings
         fisher = self.fisher.scores  # (L, T), layers in the same order as ``layers``
         budget = self.recipe.activations.bits + o.extra_bits

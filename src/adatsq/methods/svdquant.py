@@ -3,11 +3,16 @@
 Source: Li et al., "SVDQuant: Absorbing Outliers by Low-Rank Components for 4-Bit Diffusion
 Models", ICLR 2025 (github.com/mit-han-lab/deepcompressor, nunchaku). Activation outliers are
 migrated into the weights by smoothing (α = 0.5 here; deepcompressor searches it per layer), the
-smoothed weight is split by a truncated SVD into a rank-32 branch kept in 16 bits, which sees the
+smoothed weight is split by a truncated SVD into a low-rank branch kept in 16 bits, which sees the
 smoothed but unquantized input, and a residual quantized to the target width. The branch's weights
-count in ``model_bytes``. On flux-digits (layers 128-640 wide) rank 32 is 5-25% of the width,
-against 1% on Flux-Dev's 3072: pass ``{"rank": 2}`` to match Flux-Dev's proportion. The rank is
-capped at half of the layer's smaller side, so that some of every layer is quantized.
+count in ``model_bytes``.
+
+The paper uses rank 32 on Flux-Dev, whose layers are 3072 wide or wider: about 1% of a layer's
+smaller side held in 16 bits. The default rank keeps that proportion on every model,
+``max(1, round(min(out, in) * 32 / 3072))`` (1 on the 128-wide embedded models, 32 on Flux-Dev), so
+that a W4A4 row is a W4A4 model in the paper's sense; an explicit ``{"rank": 32}`` buys quality with
+extra 16-bit parameters (on a 128-wide layer, a third of it). An explicit rank is capped at half of
+the layer's smaller side, so that some of every layer is quantized.
 """
 
 from __future__ import annotations
@@ -20,28 +25,66 @@ from adatsq.quant.lowrank import lowrank_split
 from adatsq.quant.qlinear import QuantLinear
 from adatsq.quant.smoothing import check_alpha, smooth_layer
 
+PAPER_RANK, PAPER_WIDTH = 32, 3072
+"""SVDQuant's rank on Flux-Dev and the width of Flux-Dev's layers: the default proportion."""
+
 
 @dataclass(frozen=True)
 class SVDQuantOptions(MethodOptions):
-    rank: int = 32
+    """Options of SVDQuant.
+
+    Attributes:
+        rank: rank of the 16-bit branch; None = the paper's proportion of each layer's smaller
+            side (:func:`proportional_rank`).
+        alpha: smoothing migration strength.
+    """
+
+    rank: int | None = None
     alpha: float = 0.5
 
     def __post_init__(self):
-        if self.rank <= 0:
-            raise ValueError(f"SVDQuant rank must be positive, got {self.rank}")
+        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int)
+                                      or self.rank <= 0):
+            raise ValueError(f"SVDQuant rank must be a positive integer or null, got {self.rank!r}")
         check_alpha(self.alpha)
+
+
+def proportional_rank(out_features: int, in_features: int) -> int:
+    """The rank SVDQuant's paper would use at this layer size: 32 of 3072, rounded, at least 1.
+
+    Example:
+        >>> proportional_rank(128, 128), proportional_rank(3072, 12288)
+        (1, 32)
+    """
+    return max(1, round(min(out_features, in_features) * PAPER_RANK / PAPER_WIDTH))
 
 
 @register
 class SVDQuant(Method):
     name = "svdquant"
-    source = "Li et al. 2025, SVDQuant (mit-han-lab/deepcompressor): smoothing + rank-32 branch"
+    source = ("Li et al. 2025, SVDQuant (mit-han-lab/deepcompressor): smoothing + 16-bit "
+              "low-rank branch (rank 32 of 3072)")
     options_class = SVDQuantOptions
     capture = "none"
 
+    def prepare(self, pipeline, stats):
+        self.ranks: dict[str, int] = {}
+
     def quantize_layer(self, name, linear, stats, tracker):
         s, W = smooth_layer(linear.weight, stats.absmax[name], self.options.alpha)
-        rank = max(1, min(self.options.rank, min(W.shape) // 2))
+        rank = (proportional_rank(*W.shape) if self.options.rank is None
+                else max(1, min(self.options.rank, min(W.shape) // 2)))
+        self.ranks[name] = rank
         down, up, residual = lowrank_split(W, rank)
         return QuantLinear.from_linear(linear, self.recipe.weights, self.activation(), tracker,
                                        weight=residual, smooth=s, lowrank=(down, up))
+
+    def granularity(self):
+        g = super().granularity()
+        rule = "proportional" if self.options.rank is None else f"rank {self.options.rank}"
+        g["weights"] = f"{g['weights']}, 16-bit low-rank branch ({rule})"
+        return g
+
+    def finalize(self, pipeline, stats, tracker, layers):
+        ranks = sorted(set(self.ranks.values()))
+        return {"lowrank_rank": self.options.rank, "lowrank_ranks": ranks}
