@@ -195,10 +195,15 @@ def radar_chart(axes_labels: list[str], series: dict[str, list[float]], path: st
 
 def efficiency_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """Task total and PSNR (rows) against weight bytes and bit-operations (columns), one point
-    per report row: a method that buys quality with 16-bit parameters sits to the right."""
+    per report row at W4A4, W3A3, W8A8 or FP: a method that buys quality with 16-bit parameters
+    sits to the right."""
+    from matplotlib.ticker import FuncFormatter
+
+    markers = {"W4A4": "o", "W3A3": "s", "W8A8": "^", "W16A16": "*"}
+    rows = [r for r in rows if r["bits"] in markers]  # weight-only / activation-only rows apart
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cmap = plt.get_cmap("tab20")
-    markers = {"W4A4": "o", "W3A3": "s", "W8A8": "^", "W16A16": "*"}
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), squeeze=False)
     panels = [("total", lambda r: r["eval"]["total"]), ("PSNR (dB)", lambda r: r["psnr"])]
     sizes = [("weights as stored (MB)", lambda r: r["model_bytes"] / 1e6),
@@ -218,6 +223,9 @@ def efficiency_plot(rows: list[dict], path: str | Path, title: str = "") -> Path
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="x", which="minor", labelsize=6)
             ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=cmap(k % 20), marker="o", ls="", label=m)
                for k, m in enumerate(methods)]
