@@ -233,6 +233,54 @@ def verdict(report) -> list[str]:
     return out + [""]
 
 
+def massive_section() -> list[str]:
+    res = _load(ROOT / "runs" / "bench-ma" / "report.json")
+    out = ["## The massive-activation regime (make bench-ma)", ""]
+    if res is None:
+        return out + ["(run `make bench-ma`)", ""]
+    strengths = res["strengths"]
+
+    def name(s):
+        return "none" if s is None else f"{s:g}"
+
+    out += [f"Command: `make bench-ma` ({res['model']}, {res['num_prompts']} test prompts, "
+            f"{res['steps']} steps, seed {res['seed']}; wall time "
+            f"{res['wall_seconds'] / 60:.1f} min). Variants `{res['model']}@ma<k>` scale two "
+            "hidden channels of the adaLN shift and scale that feed every block's attention and "
+            "MLP inputs by k and divide the matching input columns of the next linear layers: "
+            "the full-precision function is unchanged, the channels' size follows the timestep "
+            "embedding (`adatsq.models.massive`).", "",
+            "Measured outlier ratio (channel max / median channel max, max over steps; median "
+            "and largest over layers): " + "; ".join(
+                f"{name(s)}: {o['median']:.1f}× / {o['max']:.0f}×" for s, o in
+                zip(strengths, res["outlier_ratio"].values())) + ".", ""]
+    for bits in ("W4A4", "W3A3"):
+        out += [f"**{bits}**: task total (PSNR dB) per strength", "",
+                "| method | " + " | ".join(name(s) for s in strengths) + " |",
+                "|---|" + "---|" * len(strengths)]
+        methods = list(dict.fromkeys(r["method"] for r in res["rows"] if r["bits"] == bits))
+        fp = {r["strength"]: r for r in res["rows"] if r["method"] == "fp"}
+        out.append("| fp | " + " | ".join(f"{fp[s]['eval']['total']:.3f}" if s in fp else "-"
+                                          for s in strengths) + " |")
+        for m in methods:
+            at = {r["strength"]: r for r in res["rows"] if r["method"] == m and r["bits"] == bits}
+            out.append(f"| {m} | " + " | ".join(
+                f"{at[s]['eval']['total']:.3f} ({at[s]['psnr']:.1f})" if s in at else "-"
+                for s in strengths) + " |")
+        out.append("")
+        for s in strengths:
+            found = [v for v in res["verdicts"] if v["strength"] == s and v["bits"] == bits
+                     and v["metric"] == "total"]
+            if found:
+                groups = {k: [v["baseline"] for v in found if v["verdict"] == k]
+                          for k in ("beats", "ties", "loses")}
+                out.append(f"- strength {name(s)}: AdaTSQ " + "; ".join(
+                    f"{k} {', '.join(v)}" for k, v in groups.items() if v) + " (task total, "
+                    "paired 95%)")
+        out.append("")
+    return out + ["![strength](runs/bench-ma/strength.png)", ""]
+
+
 def demo_section() -> list[str]:
     timing = _load(ROOT / "runs" / "demo" / "timing.json")
     report = _load(ROOT / "runs" / "demo" / "report.json")
@@ -332,7 +380,8 @@ def main() -> int:
     sections.append(classifier_section(BENCH / "flux-digits"))
     for model in MODELS:
         sections += [table_section(model), outlier_section(BENCH / model)]
-    sections += [demo_section(), sweeps_section(), gptq_section(), search_section()]
+    sections += [massive_section(), demo_section(), sweeps_section(), gptq_section(),
+                 search_section()]
     for section in sections:
         lines += section
     notes = ROOT / "benchmarks" / "NOTES.md"

@@ -34,7 +34,7 @@ def load_pipeline(model: str, **settings):
     from adatsq.zoo import registry
     from adatsq.zoo.pipeline import DigitPipeline
 
-    if model in registry.ENTRIES:
+    if registry.is_zoo_name(model):
         if settings:
             raise ValueError(f"{', '.join(sorted(settings))}: only for diffusers pipelines, "
                              f"not the embedded model {model}")
@@ -200,7 +200,7 @@ def load_artifact(path: str | Path, **settings):
     from adatsq.zoo import registry
     from adatsq.zoo.pipeline import DigitPipeline
 
-    if manifest["model"] in registry.ENTRIES:
+    if registry.is_zoo_name(manifest["model"]):
         if settings:
             raise ValueError(f"{', '.join(sorted(settings))}: only for diffusers pipelines")
         pipe = DigitPipeline(registry.get(manifest["model"]), transformer)

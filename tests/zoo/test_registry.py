@@ -53,3 +53,32 @@ def test_training_settings_come_from_the_entry_unless_given(monkeypatch, tmp_pat
     assert (seen[0].steps, seen[0].batch_size) == (entry["steps"], entry["batch_size"])
     assert (seen[1].steps, seen[1].batch_size) == (7, entry["batch_size"])
     assert seen[2] == train.TrainConfig()
+
+
+def test_massive_variants_are_entries_of_the_base_weights(tmp_path):
+    entry, base = registry.get("flux-digits-schnell@ma10"), registry.get("flux-digits-schnell")
+    assert (entry.name, entry.massive_strength, base.massive_strength) == (
+        "flux-digits-schnell@ma10", 10.0, None)
+    assert (entry.weights, entry.steps, entry.guidance_scale, entry.transformer_config) == (
+        base.weights, base.steps, base.guidance_scale, base.transformer_config)
+    assert registry.get("zimage-digits@ma2.5").massive_strength == 2.5
+    assert sorted(registry.ENTRIES) == ["flux-digits", "flux-digits-schnell", "wan-digits",
+                                        "zimage-digits"]
+    assert registry.is_zoo_name("flux-digits@ma30") and registry.is_zoo_name("flux-digits")
+    assert not registry.is_zoo_name("flux-xl@ma30")
+    assert not registry.is_zoo_name("black-forest-labs/FLUX.1-dev")
+    with pytest.raises(ValueError, match="export its base model"):
+        entry.export(tmp_path / "missing.safetensors", None)
+
+
+@pytest.mark.parametrize("name, error", [
+    ("flux-digits@ma1", ValueError), ("flux-digits@ma", ValueError),
+    ("flux-digits@maxx", ValueError), ("flux-digits@manan", ValueError),
+    ("flux-digits@mainf", ValueError),
+    ("wan-digits@ma30", ValueError), ("flux-digits@x30", KeyError), ("flux-digits@", KeyError),
+    ("flux-xl@ma30", KeyError)])
+def test_bad_variant_names_are_refused_in_one_line(name, error):
+    with pytest.raises(error) as info:
+        registry.get(name)
+    message = info.value.args[0]
+    assert "\n" not in message and name.partition("@")[0] in message

@@ -3,11 +3,14 @@
 Algorithms never look at a model's class. They ask its adapter which ``nn.Linear`` layers are
 quantizable (and their names), how to call the transformer once (conditioning, latents, timestep)
 and where the timestep is among the arguments of a call (so hooks can tell the sampling step).
+Families with adaLN modulation may also describe where it feeds which linears
+(:meth:`Adapter.modulation_sites`), which :mod:`adatsq.models.massive` needs.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -17,6 +20,29 @@ Conditioning = dict[str, torch.Tensor]
 """Batch-first text conditioning tensors, keyed by the transformer argument they feed."""
 
 _ADAPTERS: dict[str, type[Adapter]] = {}
+
+
+@dataclass(frozen=True)
+class ModulationSite:
+    """One adaLN modulation and the linears that read the input it modulates.
+
+    The modulated input is ``norm(x) * (1 + scale) + shift`` (``shift`` absent in some families),
+    where ``scale`` and ``shift`` are chunks of the output of the linear ``modulation``, split
+    into ``chunks`` equal parts along the features, one value per hidden channel.
+
+    Attributes:
+        modulation: name of the modulation linear (one row per output channel of every chunk).
+        chunks: equal chunks its output splits into (6 for Flux's ``AdaLayerNormZero``).
+        scale: index of the ``scale`` chunk.
+        shift: index of the ``shift`` chunk, or None where the family has none.
+        consumers: names of the linears whose input is the modulated tensor.
+    """
+
+    modulation: str
+    chunks: int
+    scale: int
+    shift: int | None
+    consumers: tuple[str, ...]
 
 
 class Adapter(ABC):
@@ -73,6 +99,11 @@ class Adapter(ABC):
     def from_latents(self, latents: torch.Tensor, sample_shape: tuple[int, ...]) -> torch.Tensor:
         """Inverse of :meth:`to_latents`."""
 
+    def modulation_sites(self, model: nn.Module) -> list[ModulationSite]:
+        """Every adaLN modulation of ``model`` and the linears it feeds (optional: families
+        without such sites raise ``ValueError``)."""
+        raise no_modulation_sites(type(model).__name__)
+
 
 def register(cls: type[Adapter]) -> type[Adapter]:
     """Class decorator adding an adapter to the registry."""
@@ -83,6 +114,18 @@ def register(cls: type[Adapter]) -> type[Adapter]:
 def registered() -> dict[str, type[Adapter]]:
     """All registered adapters by name."""
     return dict(_ADAPTERS)
+
+
+def modulated_classes() -> tuple[str, ...]:
+    """The transformer classes whose adapter describes their modulation sites."""
+    return tuple(c for a in _ADAPTERS.values() if a.modulation_sites is not Adapter.modulation_sites
+                 for c in a.model_classes)
+
+
+def no_modulation_sites(model_class: str) -> ValueError:
+    """The error for a transformer class without modulation sites."""
+    return ValueError(f"massive-activation variants are defined for "
+                      f"{', '.join(modulated_classes())}; {model_class} has none")
 
 
 def adapter_for(model: nn.Module) -> Adapter:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adatsq.models.base import Adapter, Conditioning, register
+from adatsq.models.base import Adapter, Conditioning, ModulationSite, register
 from adatsq.models.patches import grid_ids, pack, unpack
 
 
@@ -23,6 +23,14 @@ class FluxAdapter(Adapter):
     3.5 if absent), and ``img_ids`` (B, N, 3), the position ids of the latent tokens (a square
     grid if absent; needed for non-square images). The transformer receives ``timestep = sigma``
     (the pipeline divides the scheduler's t by 1000).
+
+    Modulation sites (:meth:`modulation_sites`): a double block's ``norm1.linear`` (an
+    ``AdaLayerNormZero``: chunks shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp)
+    modulates the image tokens read by ``attn.to_q``, ``to_k``, ``to_v`` and, after ``norm2``,
+    by ``ff.net.0.proj``; ``norm1_context.linear`` likewise the text tokens read by
+    ``attn.add_q_proj``, ``add_k_proj``, ``add_v_proj`` and ``ff_context.net.0.proj``. A single
+    block's ``norm.linear`` (``AdaLayerNormZeroSingle``: shift, scale, gate) modulates the
+    tokens read by ``attn.to_q``, ``to_k``, ``to_v`` and ``proj_mlp``.
     """
 
     name = "flux"
@@ -72,6 +80,26 @@ class FluxAdapter(Adapter):
         cond = {"encoder_hidden_states": torch.randn(2, 5, 32),
                 "pooled_projections": torch.randn(2, 32)}
         return model, latents, cond
+
+    def modulation_sites(self, model):
+        sites = []
+        streams = (("norm1", ("attn.to_q", "attn.to_k", "attn.to_v"), "ff"),
+                   ("norm1_context", ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+                    "ff_context"))
+        for i in range(len(model.transformer_blocks)):
+            block = f"transformer_blocks.{i}"
+            for norm, attention, ff in streams:
+                modulation = f"{block}.{norm}.linear"
+                sites.append(ModulationSite(modulation, chunks=6, scale=1, shift=0, consumers=tuple(
+                    f"{block}.{name}" for name in attention)))
+                sites.append(ModulationSite(modulation, chunks=6, scale=4, shift=3,
+                                            consumers=(f"{block}.{ff}.net.0.proj",)))
+        for i in range(len(model.single_transformer_blocks)):
+            block = f"single_transformer_blocks.{i}"
+            sites.append(ModulationSite(f"{block}.norm.linear", chunks=3, scale=1, shift=0,
+                                        consumers=tuple(f"{block}.{name}" for name in (
+                                            "attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"))))
+        return sites
 
     def to_latents(self, images):
         return pack(images, self.patch)

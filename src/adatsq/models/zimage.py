@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adatsq.models.base import Adapter, Conditioning, register
+from adatsq.models.base import Adapter, Conditioning, ModulationSite, register
 
 
 @register
@@ -32,6 +32,12 @@ class ZImageAdapter(Adapter):
     marking each prompt's valid tokens (the pipeline passes only those; without a mask all L tokens
     are used). The transformer receives ``t = 1 - sigma`` (the pipeline's ``(1000 - t) / 1000``)
     and predicts ``x0 - noise``; :meth:`denoise` negates it, as the pipeline does.
+
+    Modulation sites (:meth:`modulation_sites`): in every modulated block (``noise_refiner`` and
+    ``layers``), ``adaLN_modulation.0`` outputs the chunks scale_msa, gate_msa, scale_mlp,
+    gate_mlp; the input ``attention_norm1(x) * (1 + scale_msa)`` (no shift) is read by
+    ``attention.to_q``, ``to_k``, ``to_v``, and ``ffn_norm1(x) * (1 + scale_mlp)`` by
+    ``feed_forward.w1`` and ``w3``. The ``context_refiner`` is not modulated.
 
     Example:
         >>> adapter = ZImageAdapter()
@@ -80,6 +86,22 @@ class ZImageAdapter(Adapter):
         latents = torch.randn(2, 12, 8, 8)
         cond = {"cap_feats": torch.randn(2, 5, 32)}
         return model, latents, cond
+
+    def modulation_sites(self, model):
+        sites = []
+        for block_list in ("noise_refiner", "layers"):
+            for i, block in enumerate(getattr(model, block_list)):
+                if not block.modulation:
+                    continue
+                prefix = f"{block_list}.{i}"
+                modulation = f"{prefix}.adaLN_modulation.0"
+                sites.append(ModulationSite(modulation, chunks=4, scale=0, shift=None,
+                                            consumers=tuple(f"{prefix}.attention.{name}"
+                                                            for name in ("to_q", "to_k", "to_v"))))
+                sites.append(ModulationSite(modulation, chunks=4, scale=2, shift=None,
+                                            consumers=(f"{prefix}.feed_forward.w1",
+                                                       f"{prefix}.feed_forward.w3")))
+        return sites
 
     def to_latents(self, images):
         return F.pixel_unshuffle(images, self.patch)

@@ -1,8 +1,16 @@
-"""The embedded models: what each is, how it is built, trained and loaded."""
+"""The embedded models: what each is, how it is built, trained and loaded.
+
+A zoo name is a base name of :data:`ENTRIES` or a variant of one: ``<base>@ma<strength>`` (e.g.
+``flux-digits@ma30``) is the base model with massive activations of that strength
+(:func:`adatsq.models.massive.massive_activations_`: the same function, a few hidden channels
+``strength`` times larger).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adatsq.models import adapter_for
+from adatsq.models.base import modulated_classes, no_modulation_sites
+from adatsq.models.massive import massive_activations_
+from adatsq.models.sampling import sample
 from adatsq.zoo import clips, scenes
 from adatsq.zoo.text import MiniLMEncoder
 
@@ -35,6 +46,8 @@ class ZooEntry:
         frames: frames per sample of a text-to-video model (0: an image model on digit scenes;
             otherwise clips of moving digits from :mod:`adatsq.zoo.clips`).
         description: one line for ``adatsq zoo``.
+        massive_strength: strength of the massive activations :meth:`load_model` gives the
+            model (None: the trained model as is); set by :func:`get` for ``@ma`` names.
     """
 
     name: str
@@ -47,6 +60,7 @@ class ZooEntry:
     frames: int = 0
     description: str = ""
     training: dict = field(default_factory=dict, hash=False)
+    massive_strength: float | None = None
 
     @property
     def is_video(self) -> bool:
@@ -112,6 +126,9 @@ class ZooEntry:
         (and a summary of the run from its ``history.jsonl``: steps, wall time, final loss)."""
         from dataclasses import asdict
 
+        if self.massive_strength is not None:
+            raise ValueError(f"{self.name} is a variant of the weights {self.weights!r}; "
+                             "train and export its base model")
         WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
         state = load_file(str(weights))
         target = self.weights_path()
@@ -131,14 +148,30 @@ class ZooEntry:
         return target
 
     def load_model(self) -> torch.nn.Module:
-        """The trained transformer, in eval mode."""
+        """The trained transformer (with its massive activations, if any), in eval mode."""
         path = self.weights_path()
         if not path.exists():
             raise FileNotFoundError(f"weights of {self.name!r} are missing at {path}; "
-                                    f"train them with 'python -m adatsq.zoo.train {self.name}'")
+                                    f"train them with 'python -m adatsq.zoo.train "
+                                    f"{self.name.partition('@')[0]}'")
         model = self.build_model()
         model.load_state_dict(load_file(str(path)))
-        return model.eval().requires_grad_(False)
+        model.eval().requires_grad_(False)
+        if self.massive_strength is not None:
+            massive_activations_(model, self.massive_strength, probe=self.probe)
+        return model
+
+    def probe(self, model: torch.nn.Module, prompts: int = 8, steps: int = 4) -> None:
+        """Samples ``prompts`` training prompts (seed 0, ``steps`` steps): the inputs on which
+        :func:`~adatsq.models.massive.massive_activations_` measures which channels are large
+        (training prompts, not the calibration or evaluation ones that measure the result)."""
+        adapter = adapter_for(model)
+        texts, _ = self.training_batch(np.random.default_rng(0), prompts)
+        encoder = MiniLMEncoder(self.text_length)
+        shape = adapter.to_latents(torch.zeros(1, *self.sample_shape)).shape[1:]
+        noise = torch.randn(prompts, *shape, generator=torch.Generator().manual_seed(0))
+        sample(adapter, model, noise, adapter.text_conditioning(*encoder(texts)),
+               adapter.text_conditioning(*encoder([""])), steps, self.guidance_scale)
 
 
 _FLUX_DIGITS = dict(patch_size=1, in_channels=48, num_layers=2, num_single_layers=3,
@@ -179,9 +212,46 @@ ENTRIES = {
 }
 
 
+MASSIVE = "ma"
+"""The suffix ``@ma<strength>`` of massive-activation variants."""
+
+
+def is_zoo_name(name: str) -> bool:
+    """Whether ``name`` names an embedded model: a base name, alone or with a ``@`` suffix
+    (whether the suffix is valid, :func:`get` says)."""
+    return name.partition("@")[0] in ENTRIES
+
+
 def get(name: str) -> ZooEntry:
-    """The zoo entry called ``name``; raises ``KeyError`` with the known names otherwise."""
+    """The zoo entry called ``name`` (a base name or ``<base>@ma<strength>``).
+
+    Raises ``KeyError`` for an unknown base name or suffix, ``ValueError`` for a bad strength or
+    a base model without modulation sites.
+
+    Example:
+        >>> entry = get("flux-digits@ma30")
+        >>> entry.name, entry.weights, entry.massive_strength
+        ('flux-digits@ma30', 'flux-digits', 30.0)
+    """
+    base, at, suffix = name.partition("@")
+    if base not in ENTRIES:
+        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(sorted(ENTRIES))} "
+                       f"(and <name>@{MASSIVE}<strength>)")
+    entry = ENTRIES[base]
+    if not at:
+        return entry
+    if not suffix.startswith(MASSIVE):
+        raise KeyError(f"unknown suffix '@{suffix}' in {name!r}; known: @{MASSIVE}<strength>, "
+                       f"e.g. {base}@{MASSIVE}30")
     try:
-        return ENTRIES[name]
-    except KeyError:
-        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(sorted(ENTRIES))}") from None
+        strength = float(suffix[len(MASSIVE):])
+    except ValueError:
+        strength = math.nan
+    if not (math.isfinite(strength) and strength > 1):
+        raise ValueError(f"bad massive-activation strength in {name!r}: must be a number > 1, "
+                         f"e.g. {base}@{MASSIVE}30")
+    if entry.model_class not in modulated_classes():
+        raise ValueError(f"{name!r}: {no_modulation_sites(entry.model_class)}")
+    return dataclasses.replace(
+        entry, name=name, massive_strength=strength,
+        description=f"{base} with massive activations of strength {strength:g} (same function)")

@@ -1,0 +1,149 @@
+"""Massive-activation variants: the same function, a few hidden channels k times larger."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from adatsq import io
+from adatsq.config import Recipe
+from adatsq.eval.report import activation_outliers
+from adatsq.models import massive_activations_, registered
+from adatsq.pipeline import load_artifact, load_pipeline, quantize_
+from adatsq.zoo.pipeline import DigitPipeline
+
+#: outputs of a transformed model equal the original's within this fraction of their largest value
+TOLERANCE = 1e-5
+
+
+def consumer_inputs(adapter, model, latents, cond, layers):
+    """The output of one call and the per-channel input absmax (d,) of every layer in ``layers``."""
+    absmax = {}
+
+    def record(name):
+        return lambda m, args, out: absmax.__setitem__(
+            name, args[0].abs().flatten(0, -2).amax(0))
+
+    hooks = [model.get_submodule(n).register_forward_hook(record(n)) for n in layers]
+    with torch.no_grad():
+        out = adapter.denoise(model, latents, cond, torch.full((latents.shape[0],), 0.4))
+    for h in hooks:
+        h.remove()
+    return out, absmax
+
+
+@pytest.mark.parametrize("strength", [10.0, 100.0])
+@pytest.mark.parametrize("family", ["flux", "zimage"])
+def test_same_function_and_chosen_channels_grow_by_strength(family, strength):
+    adapter = registered()[family]()
+    model, latents, cond = adapter.example()
+    changed = copy.deepcopy(model)
+    info = massive_activations_(changed, strength)
+    sites = adapter.modulation_sites(model)
+    assert info["layers"] == [n for s in sites for n in s.consumers]
+    assert info["strength"] == strength and len(info["channels"]) == 2
+    before_out, before = consumer_inputs(adapter, model, latents, cond, info["layers"])
+    after_out, after = consumer_inputs(adapter, changed, latents, cond, info["layers"])
+    error = (after_out - before_out).abs().max() / before_out.abs().max()
+    assert error <= TOLERANCE
+    chosen = torch.tensor(info["channels"])
+    others = torch.ones(before[info["layers"][0]].numel(), dtype=torch.bool)
+    others[chosen] = False
+    for name in info["layers"]:
+        growth = after[name] / before[name]  # (d,)
+        torch.testing.assert_close(growth[chosen], torch.full((2,), strength), rtol=1e-4, atol=0)
+        torch.testing.assert_close(growth[others], torch.ones(int(others.sum())), rtol=1e-4,
+                                   atol=0)
+
+
+def test_probe_measures_the_channels_on_the_models_inputs():
+    adapter = registered()["flux"]()
+    model, latents, cond = adapter.example()
+    calls = []
+
+    def probe(m):
+        calls.append(m)
+        adapter.denoise(m, latents, cond, torch.full((2,), 0.4))
+
+    info = massive_activations_(model, 30.0, channels=3, probe=probe)
+    assert calls == [model] and len(info["channels"]) == 3
+    with pytest.raises(ValueError, match="did not run"):
+        massive_activations_(copy.deepcopy(model), 30.0, probe=lambda m: None)
+
+
+@pytest.mark.parametrize("strength, channels", [(1.0, 2), (0.5, 2), (float("nan"), 2),
+                                                (float("inf"), 2), (30.0, 0), (30.0, 64)])
+def test_bad_strength_or_channels_leave_the_model_unchanged(strength, channels):
+    model, _, _ = registered()["flux"]().example()
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError) as info:
+        massive_activations_(model, strength, channels)
+    assert "\n" not in str(info.value)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_families_without_sites_and_quantized_models_are_refused():
+    wan, _, _ = registered()["wan"]().example()
+    with pytest.raises(ValueError, match="defined for FluxTransformer2DModel.*"
+                                         "WanTransformer3DModel has none"):
+        massive_activations_(wan, 30.0)
+    flux, _, _ = registered()["flux"]().example()
+    flux.transformer_blocks[0].attn.to_q = torch.nn.Identity()  # e.g. a quantized layer
+    with pytest.raises(ValueError, match="nn.Linear at transformer_blocks.0.attn.to_q"):
+        massive_activations_(flux, 30.0)
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return load_pipeline("flux-digits")
+
+
+@pytest.fixture(scope="module")
+def flux_ma30():
+    return load_pipeline("flux-digits@ma30")
+
+
+def test_zoo_variant_generates_the_same_images_and_scores(flux, flux_ma30):
+    assert flux_ma30.name == "flux-digits@ma30"
+    evaluation = flux.task.evaluation_set(2)
+    assert len(evaluation.prompts) == 12
+    ref = flux.generate(evaluation.prompts, seed=0, steps=4)
+    out = flux_ma30.generate(evaluation.prompts, seed=0, steps=4)
+    assert (out - ref).abs().max() <= 1e-4  # images in [-1, 1]; measured 1e-5
+    assert not torch.equal(out, ref)  # a different model, not the same one loaded twice
+    score, score_ma30 = (pipe.task.score(images, evaluation.specs)
+                         for pipe, images in ((flux, ref), (flux_ma30, out)))
+    assert score_ma30["eval"]["total"] == score["eval"]["total"]
+    assert score_ma30["per_sample"] == score["per_sample"]
+
+
+def test_zoo_variant_reaches_its_outlier_ratio(flux, flux_ma30):
+    prompts = flux.calibration_prompts(4)
+    affected = [n for s in flux.adapter.modulation_sites(flux.transformer) for n in s.consumers]
+    ratio = {name: {n: max(r) for n, r in activation_outliers(pipe, prompts, 4)[
+        "outlier_ratio"].items()} for name, pipe in (("base", flux), ("ma30", flux_ma30))}
+    assert min(ratio["ma30"][n] for n in affected) >= 30  # measured 42
+    assert max(ratio["base"][n] for n in affected) < 30  # measured 9
+    assert np.median(list(ratio["base"].values())) < 10  # measured 4.4
+
+
+def test_artifact_of_a_variant_loads_as_the_variant(flux_ma30, tmp_path):
+    pipe = DigitPipeline(flux_ma30.entry, copy.deepcopy(flux_ma30.transformer))
+    policy = quantize_(pipe, Recipe(method="rtn"), progress=False)
+    io.save(pipe.transformer, policy, tmp_path / "art", pipe.source())
+    loaded, _ = load_artifact(tmp_path / "art")
+    assert loaded.name == "flux-digits@ma30" and loaded.entry.massive_strength == 30
+    prompts = ["a red 3", "two 7s"]
+    torch.testing.assert_close(loaded.generate(prompts, steps=2), pipe.generate(prompts, steps=2),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name, error, match", [
+    ("flux-digits@ma1", ValueError, "> 1"), ("flux-digits@ma-5", ValueError, "> 1"),
+    ("flux-digits@maxx", ValueError, "> 1"), ("flux-digits@mb30", KeyError, "unknown suffix"),
+    ("wan-digits@ma30", ValueError, "has none"), ("flux-xl@ma30", ValueError, "unknown model")])
+def test_bad_variant_names_end_with_one_line_errors(name, error, match):
+    with pytest.raises(error, match=match) as info:
+        load_pipeline(name)
+    assert "\n" not in str(info.value)
