@@ -19,16 +19,18 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import numpy as np
 import torch
 
 from adatsq.config import Recipe
-from adatsq.eval.paired import VERDICTS
+from adatsq.eval.paired import VERDICTS, paired_difference, verdict
 from adatsq.eval.plots import frame_strips, sample_grid
 from adatsq.quant.primitives import FULL_PRECISION
 
@@ -186,10 +188,6 @@ test prompts)."""
 
 def environment(seed: int) -> dict[str, Any]:
     """What a report was produced with: code commit, library versions, threads, seed."""
-    import subprocess
-
-    import diffusers
-
     root = Path(__file__).resolve().parents[3]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
@@ -345,8 +343,6 @@ def paired_analysis(rows: list[dict], samples: dict) -> dict[str, Any]:
     with its 95% interval, and per bit width the strongest equal-size baseline chosen on the
     validation prompts (task total, then PSNR), never on the test prompts.
     """
-    from adatsq.eval.paired import paired_difference, verdict
-
     strata = samples["strata"]
     per = samples["rows"]
 
