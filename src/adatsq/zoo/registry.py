@@ -121,9 +121,14 @@ class ZooEntry:
         out = adapter.denoise(model, xt, cond, sigma)
         return torch.nn.functional.mse_loss(out, noise - x0)
 
-    def export(self, weights: Path, train_config, history: Path | None = None) -> Path:
+    def export(self, weights: Path, train_config, history: Path | None = None,
+               init: Path | None = None) -> Path:
         """Copies trained weights into the package with a JSON description beside them
-        (and a summary of the run from its ``history.jsonl``: steps, wall time, final loss)."""
+        (and a summary of the run from its ``history.jsonl``: steps, wall time, final loss).
+
+        ``init``: the weights the run started from; the description of those weights (the JSON
+        beside them, if any) is kept under ``"init"``, so the record covers every run.
+        """
         from dataclasses import asdict
 
         if self.massive_strength is not None:
@@ -144,7 +149,12 @@ class ZooEntry:
                 meta["training"] = {"steps": records[-1]["step"],
                                     "wall_seconds": records[-1]["elapsed"],
                                     "final_loss": sum(r["loss"] for r in tail) / len(tail)}
-        target.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        if init is not None:
+            before = Path(init).with_suffix(".json")
+            meta["init"] = json.loads(before.read_text()) if before.exists() else {}
+        tmp = target.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, target.with_suffix(".json"))
         return target
 
     def load_model(self) -> torch.nn.Module:

@@ -8,6 +8,9 @@ Training is seeded and resumable: the batch of step ``k`` is drawn from ``rng(se
 a resumed run sees exactly the batches an uninterrupted run would. Checkpoints (model, EMA and
 AdamW state, all safetensors) are written every ``--checkpoint-every`` steps to a temp file and
 renamed. ``--export`` copies the EMA weights into the package's ``zoo/weights``.
+
+``--init WEIGHTS`` starts a run (not a resume) from trained weights, e.g. the shipped ones, with a
+fresh optimizer and learning-rate schedule: training on. The export then records both runs.
 """
 
 from __future__ import annotations
@@ -87,8 +90,12 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 
 
 def train(name: str, out: Path, cfg: TrainConfig, checkpoint_every: int = 500,
-          threads: int | None = None) -> Path:
-    """Trains zoo model ``name``; resumes from ``out/checkpoint.safetensors`` if present."""
+          threads: int | None = None, init: Path | None = None) -> Path:
+    """Trains zoo model ``name``; resumes from ``out/checkpoint.safetensors`` if present.
+
+    ``init``: weights (safetensors) the run starts from instead of a random initialisation; a
+    resume ignores it (the checkpoint already holds the trained-on weights).
+    """
     from adatsq.zoo import registry
 
     entry = registry.get(name)
@@ -114,6 +121,11 @@ def train(name: str, out: Path, cfg: TrainConfig, checkpoint_every: int = 500,
         _load_optimizer_state(opt, names, opt_state)
         start = int(flat["progress.step"].item())
         log.info("resumed %s at step %d", name, start)
+    elif init is not None:
+        state = load_file(str(init))
+        model.load_state_dict(state)
+        ema.load_state_dict(state)
+        log.info("%s starts from %s", name, init)
     history_path = out / "history.jsonl"
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {name}",
                mininterval=5.0)
@@ -165,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from these weights (safetensors, e.g. a copy of the shipped "
+                             "ones) with a fresh schedule")
     parser.add_argument("--export", action="store_true", help="copy EMA weights into the package")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -174,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "ema_decay", "seed")
              if getattr(args, k) is not None}
     cfg = TrainConfig(**{**entry.training, **given})
-    weights = train(args.name, args.out, cfg, args.checkpoint_every, args.threads)
+    if args.init is not None and not args.init.is_file():
+        parser.error(f"--init {args.init}: no such weights file")
+    weights = train(args.name, args.out, cfg, args.checkpoint_every, args.threads, args.init)
     if args.export:
-        entry.export(weights, cfg, args.out / "history.jsonl")
+        entry.export(weights, cfg, args.out / "history.jsonl", init=args.init)
     return 0
 
 
