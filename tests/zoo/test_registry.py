@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +84,25 @@ def test_bad_variant_names_are_refused_in_one_line(name, error):
         registry.get(name)
     message = info.value.args[0]
     assert "\n" not in message and name.partition("@")[0] in message
+
+
+def test_flow_shift_of_an_entry_reaches_the_sampler_and_the_schedule():
+    """wan-digits samples with a flow shift like Wan2.1: the sampler's noise levels and the
+    schedule quantization tracks follow the entry's shift."""
+
+
+    from tests.conftest import tiny_entry
+
+    from adatsq.models.sampling import sigmas
+    from adatsq.zoo.pipeline import DigitPipeline
+    from adatsq.zoo.registry import get
+
+    assert get("wan-digits").shift == 5.0 and get("flux-digits").shift == 1.0
+    entry = replace(tiny_entry(), shift=5.0)
+    torch.manual_seed(0)
+    pipe = DigitPipeline(entry, entry.build_model().eval().requires_grad_(False))
+    seen = []
+    pipe.generate(["a 3"], seed=0, callback=lambda i, sigma, x: seen.append(float(sigma[0])))
+    torch.testing.assert_close(torch.tensor(seen), sigmas(entry.steps, 5.0))
+    assert not torch.allclose(sigmas(entry.steps, 5.0), sigmas(entry.steps))
+    torch.testing.assert_close(pipe.schedule(), pipe.adapter.model_timestep(sigmas(4, 5.0)))

@@ -59,7 +59,8 @@ class DigitPipeline:
 
     def schedule(self, steps: int | None = None) -> torch.Tensor:
         """Timestep values (T,) the transformer receives at each step."""
-        return self.adapter.model_timestep(sigmas(steps or self.entry.steps))
+        return self.adapter.model_timestep(sigmas(steps or self.entry.steps,
+                                                  self.entry.shift))
 
     def noise(self, n: int, seed: int) -> torch.Tensor:
         """Initial latents; prompt ``i`` always gets the same noise for a given seed."""
@@ -84,7 +85,7 @@ class DigitPipeline:
             chunk = prompts[i:i + batch_size]
             latents = sample(self.adapter, self.transformer, noise[i:i + batch_size],
                              self.encode(chunk), self.null_conditioning(), steps, scale,
-                             callback=callback, progress=progress)
+                             shift=self.entry.shift, callback=callback, progress=progress)
             out.append(self.adapter.from_latents(latents, self.entry.sample_shape))
         return torch.cat(out).clamp(-1, 1)
 

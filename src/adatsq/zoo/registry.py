@@ -40,6 +40,8 @@ class ZooEntry:
         weights: file stem under ``zoo/weights`` (several entries may share weights).
         steps: default number of sampling steps.
         guidance_scale: classifier-free guidance scale (1.0 = off).
+        shift: flow shift of the sampling schedule, ``sigma -> shift sigma / (1 + (shift - 1)
+            sigma)`` (1.0 = none; more steps at high noise above 1, as Wan2.1 samples).
         text_length: text tokens (MiniLM positions, padded).
         training: :class:`~adatsq.zoo.train.TrainConfig` fields that differ from its defaults
             for this model (the shipped weights were trained with them).
@@ -56,6 +58,7 @@ class ZooEntry:
     weights: str
     steps: int
     guidance_scale: float
+    shift: float = 1.0
     text_length: int = 10
     frames: int = 0
     description: str = ""
@@ -181,7 +184,8 @@ class ZooEntry:
         shape = adapter.to_latents(torch.zeros(1, *self.sample_shape)).shape[1:]
         noise = torch.randn(prompts, *shape, generator=torch.Generator().manual_seed(0))
         sample(adapter, model, noise, adapter.text_conditioning(*encoder(texts)),
-               adapter.text_conditioning(*encoder([""])), steps, self.guidance_scale)
+               adapter.text_conditioning(*encoder([""])), steps, self.guidance_scale,
+               shift=self.shift)
 
 
 _FLUX_DIGITS = dict(patch_size=1, in_channels=48, num_layers=2, num_single_layers=3,
@@ -212,12 +216,14 @@ ENTRIES = {
                  description="ZImageTransformer2DModel (1+1 refiner + 4 main blocks, width 128) "
                              "trained on prompted digit scenes; 10 steps like Z-Image"),
         ZooEntry("wan-digits", "WanTransformer3DModel", _WAN_DIGITS, "wan-digits", steps=25,
-                 guidance_scale=3.0, frames=clips.FRAMES,
-                 # shipped weights: 3500 steps, then resumed with --steps 6500 (a warm restart
-                 # of the cosine schedule); a run from scratch follows one cosine over 6500
-                 training={"steps": 6500, "batch_size": 64},
+                 guidance_scale=5.0, shift=5.0, frames=clips.FRAMES,
+                 # shipped weights: 3500 steps, resumed to 6500 (a warm restart of the cosine),
+                 # then trained on from those weights (--init) for 8000 more steps (its first
+                 # 2500 under a 5000-step cosine, then resumed under the 8000-step one)
+                 training={"steps": 8000, "batch_size": 64},
                  description="WanTransformer3DModel (4 blocks, width 128) trained on clips of "
-                             "moving digits (text-to-video, 8 frames); 25 steps like Wan2.1"),
+                             "moving digits (text-to-video, 8 frames); 25 steps, CFG 5 and "
+                             "flow shift 5 like Wan2.1"),
     )
 }
 
