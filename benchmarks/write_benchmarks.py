@@ -324,6 +324,19 @@ def sweeps_section() -> list[str]:
         out += [f"| {r['guidance_scale']:g} | {r['total']:.3f} | {r['total_se']:.3f} |"
                 for r in g["rows"]]
         out.append("")
+    for model in MODELS:
+        r = _load(ROOT / "benchmarks" / "results" / f"sampling_{model}.json")
+        if not r:
+            continue
+        chosen = r["chosen"]
+        out += [f"## Sampling recipe of {model} (FP, validation split)", "",
+                f"Command: `python benchmarks/bench_sampling.py --model {model}` ({r['prompts']} "
+                f"validation prompts, {r['steps']} steps; the test prompts never see it). Chosen: "
+                f"CFG {chosen['guidance_scale']:g}, flow shift {chosen['shift']:g}.", "",
+                "| guidance scale | flow shift | total | ±se |", "|---|---|---|---|"]
+        out += [f"| {x['guidance_scale']:g} | {x['shift']:g} | {x['total']:.3f} | "
+                f"{x['total_se']:.3f} |" for x in r["rows"]]
+        out.append("")
     t = _load(ROOT / "benchmarks" / "results" / "tau.json")
     if t:
         out += ["## Temperature of Fisher-guided calibration (Eq. 6)", "",
