@@ -51,6 +51,14 @@ def training_section(model: str) -> list[str]:
     out.append(f"- AdamW lr {cfg['lr']:g} (warmup {cfg['warmup']}, cosine to "
                f"{cfg['min_lr_ratio']:g}), batch {cfg['batch_size']}, EMA {cfg['ema_decay']}, "
                f"condition dropout {cfg['cond_dropout']}, {cfg['steps']} steps")
+    before = meta.get("init", {}).get("training")
+    if before:
+        out.append(f"- first trained {before['steps']} steps in "
+                   f"{before['wall_seconds'] / 60:.1f} min (final training loss "
+                   f"{before['final_loss']:.4f}), then trained on from those weights with "
+                   f"a fresh optimizer and schedule (`python -m adatsq.zoo.train {model} --out "
+                   f"runs/train/{model}-on --init <the earlier weights> --steps {cfg['steps']} "
+                   f"--threads 2 --export`):")
     if tr:
         out.append(f"- trained {tr['steps']} steps in {tr['wall_seconds'] / 60:.1f} min on 2 CPU "
                    f"cores (2 threads); final training loss {tr['final_loss']:.4f}")
