@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from adatsq.eval.report import VALIDATION_SEED, environment
+from adatsq.eval.report import VALIDATION_SEED, environment, write_json
 from adatsq.zoo.pipeline import DigitPipeline
 
 SCALES = [3.0, 5.0, 7.0]
@@ -50,13 +49,11 @@ def main() -> int:
         rows.append(row)
         print(row, flush=True)
     out = RESULTS / f"sampling_{args.model}.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"environment": environment(VALIDATION_SEED), "model": args.model,
-                               "prompts": args.prompts, "steps": base.entry.steps,
-                               "chosen": {"guidance_scale": base.entry.guidance_scale,
-                                          "shift": base.entry.shift},
-                               "rows": rows, "seconds": time.time() - t0}, indent=1) + "\n")
-    tmp.replace(out)
+    write_json({"environment": environment(VALIDATION_SEED), "model": args.model,
+                "prompts": args.prompts, "steps": base.entry.steps,
+                "chosen": {"guidance_scale": base.entry.guidance_scale,
+                           "shift": base.entry.shift},
+                "rows": rows, "seconds": time.time() - t0}, out)
     print(f"wrote {out}")
     return 0
 

@@ -89,8 +89,6 @@ def test_bad_variant_names_are_refused_in_one_line(name, error):
 def test_flow_shift_of_an_entry_reaches_the_sampler_and_the_schedule():
     """wan-digits samples with a flow shift like Wan2.1: the sampler's noise levels and the
     schedule quantization tracks follow the entry's shift."""
-
-
     from tests.conftest import tiny_entry
 
     from adatsq.models.sampling import sigmas
