@@ -35,7 +35,7 @@ from adatsq.quant.qlinear import ActivationQuant, QuantLinear
 FORMAT = "adatsq-artifact"
 FORMAT_VERSION = 1
 STORAGE_DTYPE = torch.float16
-_OPTIONAL = ("bias", "smooth", "lowrank_down", "lowrank_up", "static_ranges")
+_OPTIONAL = ("bias", "smooth", "rotation_signs", "lowrank_down", "lowrank_up", "static_ranges")
 
 
 class ArtifactError(ValueError):

@@ -127,3 +127,25 @@ def test_svdquant_rank_keeps_the_papers_proportion_unless_given(calibrated):
     assert sizes[None][0] < sizes[32][0] and sizes[None][1] < sizes[32][1]
     with pytest.raises(ValueError, match="rank"):
         Recipe(method="svdquant", options={"rank": 0})
+
+
+@pytest.mark.parametrize("method", ["quarot", "vidit_q", "adatsq"])
+def test_rotating_methods_use_seeded_random_signs(calibrated, method):
+    """Each layer gets its own signs from the calibration seed; ``random_signs=False`` gives the
+    plain Hadamard rotation."""
+    pipe, stats = calibrated
+    layers = pipe.adapter.quantizable_layers(pipe.transformer)
+    signs = {}
+    for random_signs in (True, False):
+        recipe = Recipe(method=method, weights=WeightSpec(bits=4), activations=ActivationSpec(
+            bits=16), options={"random_signs": random_signs, "calib": "none"}
+            if method == "adatsq" else {"random_signs": random_signs})
+        m = get_method(method)(recipe)
+        m.prepare(pipe, stats)
+        tracker = StepTracker(pipe.schedule())
+        qs = {n: m.quantize_layer(n, lin, stats, tracker) for n, lin in layers.items()}
+        signs[random_signs] = {n: q.rotation_signs for n, q in qs.items()}
+    assert all(s is None for s in signs[False].values())
+    on = list(signs[True].values())
+    assert all(s is not None and set(s.tolist()) == {-1.0, 1.0} for s in on)
+    assert len({tuple(s.tolist()) for s in on}) == len(on)  # one draw per layer

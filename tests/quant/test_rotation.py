@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from adatsq.quant.rotation import fwht, hadamard_matrix, rotate, rotate_linear_input_
+from adatsq.quant.rotation import (
+    fwht,
+    hadamard_matrix,
+    random_signs,
+    rotate,
+    rotate_hessian,
+    rotate_linear_input_,
+    rotation_matrix,
+)
 
 F64 = torch.float64
 
@@ -112,3 +120,42 @@ def test_rotation_spreads_an_outlier_channel(n):
     assert before > 150  # ~50 * 3.5 / 0.67
     assert after < 15  # the outlier's energy is spread over all n channels
     assert after < before / 10
+
+
+@pytest.mark.parametrize("n", [8, 128, 96, 384, 15])
+def test_randomized_rotation_orthogonal_and_exact_in_float64(n):
+    s = random_signs(n, seed=3, name="blocks.0.attn.to_q")
+    assert set(s.tolist()) == {-1.0, 1.0}
+    R = rotation_matrix(n, s)
+    assert torch.equal(R, s.double()[:, None] * hadamard_matrix(n))
+    assert (R @ R.T - torch.eye(n, dtype=F64)).abs().max() < 1e-12
+    x = torch.randn(7, n, dtype=F64)
+    assert (rotate(x, s) - x @ R).abs().max() < 1e-12
+    layer = nn.Linear(n, 5).double()
+    with torch.no_grad():
+        y = layer(x)
+        rotate_linear_input_(layer, s)
+        assert (layer(rotate(x, s)) - y).abs().max() < 1e-12
+    H = x.T @ x
+    assert (rotate_hessian(H, s) - R.T @ H @ R).abs().max() < 1e-10
+
+
+def test_random_signs_seeded_per_name():
+    a = random_signs(64, seed=0, name="a")
+    assert torch.equal(a, random_signs(64, seed=0, name="a"))
+    assert not torch.equal(a, random_signs(64, seed=0, name="b"))
+    assert not torch.equal(a, random_signs(64, seed=1, name="a"))
+    with pytest.raises(ValueError, match="signs of shape"):
+        rotate(torch.randn(2, 8), random_signs(4, seed=0))
+
+
+def test_signs_scatter_a_common_offset():
+    """Post-GELU-like inputs share a positive mean: the plain H piles it onto one coordinate,
+    random signs do not."""
+    torch.manual_seed(0)
+    n = 128
+    x = torch.rand(256, n, dtype=F64) + 1.0  # every channel around 1.5
+    plain = _outlier_ratio(rotate(x))
+    randomized = _outlier_ratio(rotate(x, random_signs(n, seed=0)))
+    assert plain > 50  # sqrt(128) * 1.5 on coordinate 0 against the small rest
+    assert randomized < plain / 5

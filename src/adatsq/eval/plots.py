@@ -273,3 +273,27 @@ def strength_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def rotation_error_plot(report: dict, path: str | Path) -> Path:
+    """Per-layer relative activation quantization error without rotation, with ``H`` and with
+    ``DH``, one panel per (model, bits); layers sorted by the unrotated error."""
+    models, bits = list(report["models"]), report["bits"]
+    fig, axes = plt.subplots(len(bits), len(models), figsize=(3.6 * len(models), 3.0 * len(bits)),
+                             squeeze=False)
+    for j, model in enumerate(models):
+        layers = report["models"][model]["layers"]
+        for i, b in enumerate(bits):
+            ax = axes[i, j]
+            order = sorted(layers, key=lambda n: layers[n][f"none@{b}"])
+            for rotation, style in (("none", "k-"), ("H", "C0-"), ("DH", "C3-")):
+                ax.plot([layers[n][f"{rotation}@{b}"] for n in order], style, lw=1.2,
+                        label=rotation)
+            ax.set_yscale("log")
+            ax.set_title(f"{model}, {b}-bit per token", fontsize=9)
+            ax.set_xlabel("layer (sorted by unrotated error)", fontsize=8)
+            if j == 0:
+                ax.set_ylabel("||Q(xR)Rᵀ - x||² / ||x||²", fontsize=8)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -60,6 +60,8 @@ class AdaTSQOptions(MethodOptions):
         fisher_prompts: calibration prompts of the Fisher estimate.
         select_prompts: prompts generated per surviving path in the final selection.
         select_paths: most surviving paths tried (least-loss first).
+        random_signs: randomized Hadamard rotation (seeded random signs, as QuaRot); False: the
+            plain Sylvester/Paley matrix.
         block_size, damp, act_order: GPTQ settings.
     """
 
@@ -74,6 +76,7 @@ class AdaTSQOptions(MethodOptions):
     fisher_prompts: int = 16
     select_prompts: int = 24
     select_paths: int = 8
+    random_signs: bool = True
     block_size: int = 128
     damp: float = 0.01
     act_order: bool = False
@@ -172,10 +175,11 @@ class AdaTSQ(Method):
     def quantize_layer(self, name, linear, stats, tracker):
         o = self.options
         if o.calib == "none":
-            return rotated_layer(self, linear, None, tracker, None)
+            return rotated_layer(self, name, linear, None, tracker, None)
         alpha = self.alpha
         weights = None if alpha is None else torch.tensor(alpha[name], dtype=torch.float32)
-        return rotated_layer(self, linear, stats.hessian_sum(name, weights), tracker, o.gptq)
+        return rotated_layer(self, name, linear, stats.hessian_sum(name, weights), tracker,
+                             o.gptq)
 
     # -- 4/5/6: candidates, search, selection --------------------------------------------------
     def finalize(self, pipeline, stats, tracker, layers):

@@ -107,17 +107,29 @@ def solve_weights(W: torch.Tensor, H: torch.Tensor | None, spec,
     return {"codes": result.codes, "scale": result.scale, "zero": result.zero}
 
 
-def rotated_layer(method: Method, linear: nn.Linear, H: torch.Tensor | None, tracker: StepTracker,
-                  gptq: GPTQOptions | None) -> QuantLinear:
-    """A layer whose input is Hadamard-rotated online and whose weight ``W H_had`` is solved by GPTQ
-    on the rotated Hessian (``gptq`` given) or rounded to nearest (QuaRot, AdaTSQ)."""
+def layer_signs(method: Method, name: str, width: int) -> torch.Tensor | None:
+    """The random signs of layer ``name``'s input rotation, seeded by the calibration seed, or
+    None when the method's ``random_signs`` option is off (a plain Hadamard rotation)."""
+    from adatsq.quant.rotation import random_signs
+
+    if not getattr(method.options, "random_signs", False):
+        return None
+    return random_signs(width, method.recipe.calibration.seed, name)
+
+
+def rotated_layer(method: Method, name: str, linear: nn.Linear, H: torch.Tensor | None,
+                  tracker: StepTracker, gptq: GPTQOptions | None) -> QuantLinear:
+    """A layer whose input is rotated online (``R = D H_had``, random signs ``D`` per
+    :func:`layer_signs`) and whose weight ``W R`` is solved by GPTQ on the rotated Hessian
+    ``Rᵀ H R`` (``gptq`` given) or rounded to nearest (QuaRot, AdaTSQ)."""
     from adatsq.quant.rotation import rotate, rotate_hessian
 
-    W = rotate(linear.weight.detach().double()).float()  # W H_had
-    Hr = None if H is None or gptq is None else rotate_hessian(H.double()).float()
+    signs = layer_signs(method, name, linear.in_features)
+    W = rotate(linear.weight.detach().double(), signs).float()  # W R
+    Hr = None if H is None or gptq is None else rotate_hessian(H.double(), signs).float()
     solved = solve_weights(W, Hr, method.recipe.weights, gptq)
     return QuantLinear.from_linear(linear, method.recipe.weights, method.activation(), tracker,
-                                   weight=W, rotate_input=True, **solved)
+                                   weight=W, rotate_input=True, rotation_signs=signs, **solved)
 
 
 def register(cls: type[Method]) -> type[Method]:

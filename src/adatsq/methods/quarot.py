@@ -1,11 +1,11 @@
 """QuaRot: Hadamard rotation of every quantized layer's input, GPTQ weights.
 
 Source: Ashkboos et al., "QuaRot: Outlier-Free 4-Bit Inference in Rotated LLMs", NeurIPS 2024
-(github.com/spcl/QuaRot): inputs rotated by a (randomized in the paper, here deterministic)
-Hadamard matrix so that outlier channels are spread over all channels; weights absorb the rotation
-(``W H``) and are quantized with GPTQ on the rotated Hessian ``Hᵀ H_x H``. A DiT's adaptive
-LayerNorms modulate per sample, so the rotation cannot be folded into them: it runs online before
-the activation quantizer (QuaRot's "online Hadamard", used there for the down projections).
+(github.com/spcl/QuaRot): inputs rotated by a randomized Hadamard matrix ``D H`` (seeded random
+signs ``D``, per layer) so that outlier channels are spread over all channels; weights absorb the
+rotation (``W D H``) and are quantized with GPTQ on the rotated Hessian ``(DH)ᵀ H_x DH``. A DiT's
+adaptive LayerNorms modulate per sample, so the rotation cannot be folded into them: it runs online
+before the activation quantizer (QuaRot's "online Hadamard", used there for the down projections).
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ from adatsq.methods.base import GPTQOptions, Method, register, rotated_layer
 
 @dataclass(frozen=True)
 class QuaRotOptions(GPTQOptions):
+    """GPTQ settings, ``gptq`` (False: round-to-nearest weights) and ``random_signs`` (False: the
+    plain Hadamard matrix)."""
+
     gptq: bool = True
+    random_signs: bool = True
 
 
 @register
@@ -29,4 +33,4 @@ class QuaRot(Method):
 
     def quantize_layer(self, name, linear, stats, tracker):
         gptq = self.options if self.options.gptq else None
-        return rotated_layer(self, linear, stats.hessian_sum(name), tracker, gptq)
+        return rotated_layer(self, name, linear, stats.hessian_sum(name), tracker, gptq)

@@ -93,7 +93,7 @@ class QuantLinear(nn.Module):
                  zero: torch.Tensor | None = None, weight: torch.Tensor | None = None,
                  bias: torch.Tensor | None = None, activation: ActivationQuant = ActivationQuant(),
                  tracker: StepTracker | None = None, smooth: torch.Tensor | None = None,
-                 rotate_input: bool = False,
+                 rotate_input: bool = False, rotation_signs: torch.Tensor | None = None,
                  lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
                  static_ranges: torch.Tensor | None = None):
         super().__init__()
@@ -119,6 +119,12 @@ class QuantLinear(nn.Module):
             self.refresh_weight()
         self.register_buffer("bias", None if bias is None else _own(bias))
         self.register_buffer("smooth", None if smooth is None else _own(smooth))
+        if rotation_signs is not None and (not rotate_input or rotation_signs.shape != (
+                in_features,)):
+            raise ValueError(f"rotation signs of shape {tuple(rotation_signs.shape)} need "
+                             f"rotate_input and shape ({in_features},)")
+        self.register_buffer("rotation_signs",
+                             None if rotation_signs is None else _own(rotation_signs))
         down, up = (None, None) if lowrank is None else (_own(t) for t in lowrank)
         self.register_buffer("lowrank_down", down)
         self.register_buffer("lowrank_up", up)
@@ -160,7 +166,7 @@ class QuantLinear(nn.Module):
         if self.smooth is not None:
             x = x / self.smooth
         if self.rotate_input:
-            x = rotate(x)
+            x = rotate(x, None if self.rotation_signs is None else self.rotation_signs.to(x.dtype))
         return x
 
     def current_bits(self) -> int:
@@ -187,7 +193,8 @@ class QuantLinear(nn.Module):
         bits = self.activation.bits if isinstance(self.activation.bits, int) else 'per-step'
         return (f"in={self.in_features}, out={self.out_features}, w_bits={self.weight_bits}, "
                 f"a_bits={bits}, "
-                f"granularity={self.activation.granularity}, rotate={self.rotate_input}, "
+                f"granularity={self.activation.granularity}, rotate={self.rotate_input}"
+                f"{' (randomized)' if self.rotation_signs is not None else ''}, "
                 f"smooth={self.smooth is not None}, lowrank={self.lowrank_down is not None}")
 
 

@@ -19,11 +19,18 @@ first two cases):
 * otherwise (no Paley order fits, e.g. an odd ``n``): ``H_sylvester(2^k) ⊗ C_m`` with ``C_m`` the
   orthonormal DCT-II matrix of the odd part ``m``. Still exactly orthogonal, but not a Hadamard
   matrix (its entries are not all of magnitude ``1/sqrt(n)``), so it spreads outliers less evenly.
+
+*Randomized* rotations ``x -> (x ⊙ s) H = x D H`` with seeded random signs ``s`` (``D = diag(s)``,
+QuaRot's and QuIP#'s randomized Hadamard) are exactly orthogonal too. The signs matter for inputs
+with a common offset: the plain ``H`` maps a token whose channels share a mean ``mu`` onto its first
+coordinate (``sqrt(n) mu``), a new outlier; ``D`` first scatters the mean over all coordinates.
+Every function below takes the signs as an optional ``signs`` (n,) of ±1 (None: plain ``H``).
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import torch
@@ -172,8 +179,45 @@ def hadamard_matrix(n: int, dtype: torch.dtype = torch.float64,
     return H.to(dtype=dtype, device=device)
 
 
-def rotate(x: torch.Tensor) -> torch.Tensor:
-    """Applies the rotation along the last dimension: ``x @ hadamard_matrix(n)``.
+def random_signs(n: int, seed: int, name: str = "") -> torch.Tensor:
+    """Seeded random signs (n,) (float32 ±1) of a randomized rotation of width ``n``.
+
+    ``name`` (e.g. the layer's) enters the seed through its CRC-32, so every layer of a model gets
+    its own signs from one seed, the same on every machine.
+
+    Example:
+        >>> s = random_signs(8, seed=0, name="blocks.0.ff")
+        >>> bool((s.abs() == 1).all()), bool(torch.equal(s, random_signs(8, 0, "blocks.0.ff")))
+        (True, True)
+    """
+    if n <= 0:
+        raise ValueError(f"rotation width must be positive, got {n}")
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+    return torch.randint(0, 2, (n,), generator=gen).float().mul_(2).sub_(1)
+
+
+def rotation_matrix(n: int, signs: torch.Tensor | None = None,
+                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The dense orthonormal ``R = D H`` (n, n) that ``rotate(x, signs)`` applies (``D = I``
+    without signs).
+
+    Example:
+        >>> R = rotation_matrix(12, random_signs(12, seed=1))
+        >>> bool(torch.allclose(R @ R.T, torch.eye(12, dtype=torch.float64)))
+        True
+    """
+    H = hadamard_matrix(n, dtype=dtype)
+    return H if signs is None else _check_signs(signs, n).to(dtype)[:, None] * H
+
+
+def _check_signs(signs: torch.Tensor, n: int) -> torch.Tensor:
+    if signs.shape != (n,):
+        raise ValueError(f"rotation signs of shape {tuple(signs.shape)} for width {n}")
+    return signs
+
+
+def rotate(x: torch.Tensor, signs: torch.Tensor | None = None) -> torch.Tensor:
+    """Applies the rotation along the last dimension: ``x @ rotation_matrix(n, signs)``.
 
     Power-of-two widths use :func:`fwht`; other widths ``n = a * p`` reshape ``x`` to
     (..., a, p), multiply by the ``p x p`` factor and transform the ``a`` axis.
@@ -190,6 +234,8 @@ def rotate(x: torch.Tensor) -> torch.Tensor:
         True
     """
     n = x.shape[-1]
+    if signs is not None:
+        x = x * _check_signs(signs, n).to(x.dtype)
     a, factor = _factorize(n)
     if factor is None:
         return fwht(x)
@@ -203,11 +249,11 @@ def rotate(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rotate_linear_input_(linear: nn.Linear) -> None:
-    """Fuses the input rotation into a linear layer's weight, in place: ``W <- W H``.
+def rotate_linear_input_(linear: nn.Linear, signs: torch.Tensor | None = None) -> None:
+    """Fuses the input rotation into a linear layer's weight, in place: ``W <- W D H``.
 
-    Afterwards ``linear(rotate(x)) == linear_before(x)``, because
-    ``(x H)(W H)ᵀ = x H Hᵀ Wᵀ = x Wᵀ``; the bias is unchanged. The product is computed in float64
+    Afterwards ``linear(rotate(x, signs)) == linear_before(x)``, because with ``R = D H``
+    ``(x R)(W R)ᵀ = x R Rᵀ Wᵀ = x Wᵀ``; the bias is unchanged. The product is computed in float64
     and cast back to the weight's dtype.
 
     The layer's input must then be rotated, either *online* in the forward pass (QuaRot's online
@@ -228,16 +274,17 @@ def rotate_linear_input_(linear: nn.Linear) -> None:
         True
     """
     W = linear.weight  # (out, in)
-    W.copy_(rotate(W.detach().to(torch.float64)).to(W.dtype))
+    W.copy_(rotate(W.detach().to(torch.float64), signs).to(W.dtype))
 
 
-def rotate_hessian(H: torch.Tensor) -> torch.Tensor:
-    """The Hessian of rotated inputs ``x H_had``: ``H_hadᵀ H H_had`` for a symmetric ``H``.
+def rotate_hessian(H: torch.Tensor, signs: torch.Tensor | None = None) -> torch.Tensor:
+    """The Hessian of rotated inputs ``x R`` (``R = D H_had``): ``Rᵀ H R`` for a symmetric ``H``.
 
     Example:
         >>> X = torch.randn(32, 12, dtype=torch.float64)
-        >>> Xr = rotate(X)
-        >>> bool(torch.allclose(rotate_hessian(X.T @ X), Xr.T @ Xr))
+        >>> s = random_signs(12, seed=0)
+        >>> Xr = rotate(X, s)
+        >>> bool(torch.allclose(rotate_hessian(X.T @ X, s), Xr.T @ Xr))
         True
     """
-    return rotate(rotate(H).transpose(-1, -2).contiguous())
+    return rotate(rotate(H, signs).transpose(-1, -2).contiguous(), signs)
