@@ -41,8 +41,8 @@ def main(model: str = "flux-digits", bits: int = 3, prompts: int = 60) -> int:
                         activations=ActivationSpec(bits=bits), options=options)
         quantize_(q, recipe, progress=False, stats=stats)
         images = q.generate(selection, seed=calib.seed + 1)
-        rows.append({"tau": None if math.isinf(tau) else tau, "digiteval": task(images),
-                     "psnr": psnr(images, fp)})
+        rows.append({"tau": None if math.isinf(tau) else tau,
+                     "digiteval": float(task(images).mean()), "psnr": psnr(images, fp)})
         print(rows[-1], flush=True)
     OUT.write_text(json.dumps({"model": model, "bits": f"W{bits}A{bits}", "prompts": prompts,
                                "rows": rows, "seconds": time.time() - t0}, indent=1) + "\n")

@@ -5,9 +5,10 @@ import pytest
 import torch
 from tests.conftest import PROMPTS, fresh_copy
 
-from adatsq.calib.fisher import fisher_information, temporal_weights
+from adatsq.calib.fisher import effective_steps, fisher_information, temporal_weights
 from adatsq.calib.gptq import hessian_error
 from adatsq.config import ActivationSpec, Recipe, WeightSpec
+from adatsq.methods.adatsq import select_path
 from adatsq.pipeline import quantize_
 from adatsq.quant.rotation import rotate, rotate_hessian
 
@@ -80,7 +81,8 @@ def test_adatsq_meets_the_budget_with_dynamic_bits(calibrated, bits):
     assert policy.average_activation_bits <= bits + 0.1 + 1e-9
     search = policy.settings["search"]
     assert search["mean_bits"] == pytest.approx(policy.average_activation_bits)
-    assert len(search["selection_scores"]) == len(search["tried"]) >= 1
+    assert len(search["selection_scores"]) == len(search["tried"]["paths"]) >= 1
+    assert search["mean_bits"] == pytest.approx(search["tried"]["mean_bits"][search["chosen"]])
     assert torch.isfinite(pipe.generate(PROMPTS[:2], seed=0)).all()
 
 
@@ -115,3 +117,64 @@ def test_bad_options_are_refused():
         Recipe(method="adatsq", options={"calib": "magic"})
     with pytest.raises(ValueError, match="unknown key"):
         Recipe(method="adatsq", options={"temperature": 1.0})
+
+
+def test_mixture_keeps_effective_steps(fisher):
+    """Eq. 6 alone can put one layer's weight on one step; the uniform mixture keeps at least
+    1 / ((1 - mix)^2 + (2 - mix) mix / T) effective steps."""
+    T = fisher.scores.shape[1]
+    cold = temporal_weights(fisher.scores, 1e-3)
+    assert effective_steps(cold).min() < 1.01
+    for mix in (0.25, 0.5, 1.0):
+        alpha = temporal_weights(fisher.scores, 1e-3, mix)
+        np.testing.assert_allclose(alpha.sum(axis=1), 1.0, rtol=1e-12)
+        bound = 1.0 / ((1 - mix) ** 2 + (2 - mix) * mix / T)
+        assert (effective_steps(alpha) >= bound - 1e-9).all()
+    np.testing.assert_allclose(effective_steps(temporal_weights(fisher.scores, 1.0, 1.0)), T)
+    with pytest.raises(ValueError, match="mix"):
+        temporal_weights(fisher.scores, 1.0, 1.5)
+
+
+def test_output_fisher_does_not_depend_on_the_target(calibrated, fisher):
+    """The output sensitivity is a different, positive estimate; the velocity Fisher grows toward
+    the last step on a random model too (its residual is the unpredictable noise)."""
+    pipe, _ = calibrated
+    out = fisher_information(pipe, PROMPTS, seed=0, micro_batch=2, progress=False,
+                             target="output")
+    assert out.scores.shape == fisher.scores.shape and (out.scores > 0).all()
+    assert not np.allclose(out.scores, fisher.scores, rtol=0.1)
+    with pytest.raises(ValueError, match="target"):
+        fisher_information(pipe, PROMPTS, target="loss")
+
+
+def test_step_loss_sees_guidance(calibrated):
+    """The guided step loss compares CFG velocities: it differs from the conditional one, and
+    both rank the uniform 3-bit candidate worse than the uniform 8-bit one."""
+    _, stats = calibrated
+    losses = {}
+    for step_loss in ("guided", "conditional"):
+        pipe = fresh_copy(calibrated[0])
+        recipe = Recipe(method="adatsq", weights=WeightSpec(bits=4),
+                        activations=ActivationSpec(bits=4),
+                        options={**SMALL, "step_loss": step_loss})
+        policy = quantize_(pipe, recipe, progress=False, stats=stats)
+        search = policy.settings["search"]
+        assert search["step_loss"] == step_loss and search["cfg_scale"] == pipe.cfg_scale == 2.0
+        losses[step_loss] = np.array(search["candidate_losses"])
+        bits = np.array(search["candidate_bits"])
+        assert (losses[step_loss][:, 0] > losses[step_loss][np.arange(len(bits)),
+                                                            bits.argmax(1)]).all()
+    assert not np.allclose(losses["guided"], losses["conditional"])
+
+
+def test_selection_prefers_fidelity_when_the_task_metric_ties():
+    base = np.random.default_rng(0).integers(0, 2, 40).astype(float)
+    tie = base.copy()
+    tie[[np.flatnonzero(base == 1)[0], np.flatnonzero(base == 0)[0]]] = [0.0, 1.0]  # swapped
+    worse = np.zeros(40)  # significantly below the best: its fidelity cannot save it
+    assert select_path([base, tie, worse], [20.0, 25.0, 30.0]) == 1
+    assert select_path([np.ones(40), np.zeros(40)], [10.0, 40.0]) == 0
+    same = [np.ones(40), np.ones(40)]
+    assert select_path(same, [10.0, 40.0]) == 1
+    assert select_path([0.5, 0.5], [1.0, 2.0]) == 1  # scalars: only exact ties
+    assert select_path([0.6, 0.5], [1.0, 2.0]) == 0

@@ -11,6 +11,7 @@ from adatsq.search.candidates import (
     generate_candidates,
     sensitivity_clusters,
 )
+from adatsq.search.pareto import beam_search, fill_budget, pareto_front
 
 BIT_SETS = [(3, 4, 8), (2, 4), (4, 6, 8, 16), (8,)]
 
@@ -134,3 +135,41 @@ def test_config_validates_and_round_trips():
         CandidateConfig.from_dict({"bits": [3, 4]})
     with pytest.raises(ValueError, match="fisher_t"):
         generate_candidates(np.array([1.0, -1.0]))
+
+
+@pytest.mark.parametrize("budget", [3.0, 3.1, 3.5, 4.1, 7.9])
+def test_budget_aware_candidates_stay_in_reach_and_bracket_the_budget(budget):
+    rng = np.random.default_rng(int(budget * 10))
+    fisher = random_fisher(rng, 45)
+    config = CandidateConfig(num_candidates=8, reach=1.0)
+    c = generate_candidates(fisher, config, budget=budget)
+    assert c.avg_bits.max() <= budget + 1.0 + 1e-9
+    assert (c.bits[0] == 3).all()  # the cheapest configuration is always there
+    # the brackets: the frontier's most bits at most the budget, and its fewest above it
+    every = generate_candidates(fisher, CandidateConfig(num_candidates=10_000))
+    front = every.avg_bits[pareto_front(every.avg_bits, every.noise_proxy)]
+    below, above = front[front <= budget + 1e-9], front[front > budget + 1e-9]
+    assert np.isclose(c.avg_bits, below.max()).any()
+    if above.size and above.min() <= budget + 1.0:
+        assert np.isclose(c.avg_bits, above.min()).any()
+    with pytest.raises(ValueError, match="below the smallest bit choice"):
+        generate_candidates(fisher, config, budget=2.5)
+
+
+@pytest.mark.parametrize("steps", [4, 10, 50])
+@pytest.mark.parametrize("budget", [3.1, 3.5, 4.1])
+def test_searched_paths_spend_the_budget_within_a_hundredth_of_a_bit(steps, budget):
+    """With losses that fall with bits (the Fisher-weighted noise proxy, scaled per step), the
+    best path over budget-aware candidates, filled, reaches the target width within 0.01 bit."""
+    rng = np.random.default_rng(steps)
+    L, M = 45, 8
+    fisher = np.exp(rng.normal(0.0, 2.0, size=(steps, L)))  # (T, L)
+    config = CandidateConfig(num_candidates=M)
+    cands = [generate_candidates(f, config, budget=budget) for f in fisher]
+    pad = lambda x: np.pad(x, (0, M - x.size), mode="edge")  # noqa: E731
+    bits = np.stack([pad(c.avg_bits) for c in cands])  # (T, M)
+    losses = np.stack([pad(c.noise_proxy) * rng.uniform(0.5, 2.0) for c in cands])  # (T, M)
+    result = beam_search(bits, losses, beam_width=M, budget=budget, keep="lagrangian")
+    path = fill_budget(result.best_path, bits, losses, budget)
+    assert budget - 0.01 <= bits[np.arange(steps), path].mean() <= budget + 1e-9
+    assert losses[np.arange(steps), path].sum() <= result.best_loss

@@ -7,6 +7,7 @@ from adatsq.search.exact import brute_force, dynamic_programming, integer_costs
 from adatsq.search.pareto import (
     _relaxed_mean_bits,
     beam_search,
+    fill_budget,
     lagrangian_price,
     min_mean_bits,
     pareto_front,
@@ -178,3 +179,25 @@ def test_bad_arguments_raise():
         beam_search(avg_bits, losses, 2, 4.0, keep="nearest")
     with pytest.raises(ValueError, match="equal shape"):
         beam_search(avg_bits, losses[:1], 2, 4.0)
+
+
+def test_fill_budget_spends_the_remainder_and_never_hurts():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        T, M = int(rng.integers(1, 8)), int(rng.integers(1, 6))
+        bits = rng.uniform(3, 8, size=(T, M))
+        losses = rng.uniform(0, 1, size=(T, M))
+        budget = float(rng.uniform(bits.min(axis=1).mean(), bits.mean()))
+        start = bits.argmin(axis=1)  # (T,) the cheapest path, feasible
+        path = fill_budget(start, bits, losses, budget)
+        steps = np.arange(T)
+        spent = bits[steps, path].sum()
+        assert spent <= T * budget + 1e-9
+        assert losses[steps, path].sum() <= losses[steps, start].sum()
+        # no single upgrade that lowers the loss still fits
+        spare = T * budget - spent
+        dB = bits - bits[steps, path][:, None]
+        dE = losses[steps, path][:, None] - losses
+        assert not ((dB > 0) & (dE > 0) & (dB <= spare - 1e-9)).any()
+    with pytest.raises(ValueError, match="already exceeds"):
+        fill_budget(np.array([1]), np.array([[3.0, 4.0]]), np.array([[1.0, 0.0]]), budget=3.5)

@@ -7,6 +7,13 @@ model's own generations for the calibration prompts (``x0``), re-noised at every
 trained on. The expectation is the mean over samples of the squared per-sample gradient (the
 empirical Fisher), one backward pass per sample by default. Larger micro-batches are cheaper but
 biased: ``m ||mean g||^2 = mean ||g_i||^2 + (m - 1) ||E g||^2`` in expectation.
+
+The empirical Fisher is dominated by what the model cannot predict: as ``sigma -> 0`` the target
+``eps - x0`` holds noise that ``x_t`` no longer shows, the residual grows and so do the gradients
+(30-40x a layer's mean on the last step of flux-digits), whatever the layer's own influence.
+``target="output"`` measures that influence instead: the Fisher of a unit Gaussian output model
+(the Gauss-Newton diagonal ``E ||J_W^T u||^2`` with ``u ~ N(0, I)``, one random projection per
+sample), the squared gradient of ``<u, v(x_t)>``, which does not depend on the target at all.
 """
 
 from __future__ import annotations
@@ -38,16 +45,22 @@ class FisherResult:
                 "sigmas": self.sigmas.tolist()}
 
 
-def temporal_weights(scores: np.ndarray, tau: float) -> np.ndarray:
+TARGETS = ("velocity", "output")
+
+
+def temporal_weights(scores: np.ndarray, tau: float, mix: float = 0.0) -> np.ndarray:
     """Eq. 6: ``alpha_{t,l} = softmax_t(I_{t,l} / tau)`` per layer, on scores normalized per layer.
 
     Each layer's scores are divided by their mean over timesteps first, so ``tau`` is free of the
     Fisher's units and means the same for every layer and model: ``tau -> inf`` gives uniform
-    calibration, small ``tau`` concentrates a layer on its most sensitive steps.
+    calibration, small ``tau`` concentrates a layer on its most sensitive steps. ``mix`` blends in
+    the uniform weights, ``(1 - mix) alpha + mix / T``, which keeps every step in the calibration
+    (:func:`effective_steps` at least ``1 / ((1 - mix)^2 + (2 - mix) mix / T)``).
 
     Args:
         scores: (L, T) Fisher scores.
         tau: temperature (> 0).
+        mix: weight of the uniform calibration, in [0, 1].
 
     Returns:
         (L, T) weights, each row summing to one.
@@ -58,15 +71,30 @@ def temporal_weights(scores: np.ndarray, tau: float) -> np.ndarray:
     """
     if not tau > 0:
         raise ValueError(f"temperature tau must be positive, got {tau}")
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix must be in [0, 1], got {mix}")
     z = scores / np.maximum(scores.mean(axis=1, keepdims=True), 1e-30) / tau  # (L, T)
     z = z - z.max(axis=1, keepdims=True)
     w = np.exp(z)
-    return w / w.sum(axis=1, keepdims=True)
+    w = w / w.sum(axis=1, keepdims=True)
+    return (1.0 - mix) * w + mix / scores.shape[1]
+
+
+def effective_steps(alpha: np.ndarray) -> np.ndarray:
+    """``N_eff = 1 / sum_t alpha_t^2`` of each row of ``alpha`` (L, T): how many timesteps the
+    calibration effectively weighs (T for uniform weights, 1 when one step has all the weight).
+
+    Example:
+        >>> effective_steps(np.array([[0.25] * 4, [1.0, 0, 0, 0]])).tolist()
+        [4.0, 1.0]
+    """
+    return 1.0 / np.square(alpha).sum(axis=-1)
 
 
 def fisher_information(pipeline, prompts: list[str], steps: int | None = None, seed: int = 0,
                        micro_batch: int = 1, progress: bool = True,
-                       sigmas: torch.Tensor | None = None) -> FisherResult:
+                       sigmas: torch.Tensor | None = None,
+                       target: str = "velocity") -> FisherResult:
     """Eq. 1 for every quantizable layer of ``pipeline.transformer`` at every sampling step.
 
     Args:
@@ -78,11 +106,15 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
         micro_batch: samples per backward pass (1: exact empirical Fisher; see above).
         progress: a bar over timesteps.
         sigmas: noise levels (T,) of the sampling steps (default: the pipeline sampler's).
+        target: ``"velocity"`` (Eq. 1: the training loss against ``eps - x0``) or ``"output"``
+            (the target-free output sensitivity; see the module docstring).
     """
     from adatsq.models.sampling import sigmas as sigma_schedule
 
     if not prompts:
         raise ValueError("Fisher estimation needs at least one calibration prompt")
+    if target not in TARGETS:
+        raise ValueError(f"unknown Fisher target {target!r}; use one of {', '.join(TARGETS)}")
     steps = steps or pipeline.default_steps
     model, adapter = pipeline.transformer, pipeline.adapter
     layers = adapter.quantizable_layers(model)
@@ -109,13 +141,17 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
                 s = float(sig[t])
                 eps = torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype)
                 xt = (1 - s) * x0 + s * eps
-                target = eps - x0
+                velocity = eps - x0
                 for i in range(0, B, micro_batch):
                     j = min(i + micro_batch, B)
                     sub = {k: v[i:j] for k, v in cond.items()}
                     v = adapter.denoise(model, xt[i:j], sub,
                                         torch.full((j - i,), s, device=x0.device))
-                    loss = (v - target[i:j]).square().mean()
+                    if target == "velocity":
+                        loss = (v - velocity[i:j]).square().mean()
+                    else:  # <u, v> / n with u ~ N(0, I): the residual of a sampled target
+                        u = torch.randn(v.shape, generator=gen).to(v.device, v.dtype)
+                        loss = 2.0 * (v * u).mean()
                     grads = torch.autograd.grad(loss, weights)
                     for li, g in enumerate(grads):
                         scores[li, t] += float(g.double().square().sum()) * (j - i) ** 2 / B

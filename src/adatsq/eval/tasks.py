@@ -77,9 +77,10 @@ class Task(ABC):
         """Fréchet distance to the real samples, where the task defines one."""
         return None
 
-    def selection_metric(self, specs: list[Any]) -> Callable[[torch.Tensor], float]:
-        """A task metric (higher is better) of samples of prompts with ``specs``."""
-        return lambda samples: float(self.score(samples, specs)["eval"]["total"])
+    def selection_metric(self, specs: list[Any]) -> Callable[[torch.Tensor], np.ndarray]:
+        """A task metric (higher is better) of samples of prompts with ``specs``, one score per
+        sample (N,) (their mean is the metric), so that paths can be compared prompt by prompt."""
+        return lambda samples: np.asarray(self.score(samples, specs)["per_sample"], dtype=float)
 
 
 class SceneTask(Task):

@@ -10,13 +10,17 @@ Source: the AdaTSQ paper (Sec. 3). The flow, one step each:
    (``calib="fisher"``), on the uniform average (``"uniform"``, plain GPTQ) or rounded to nearest
    (``"none"``, MinMax);
 4. *candidates* (Sec. 3.2.2, :mod:`adatsq.search.candidates`): per step, ``M`` per-layer bit
-   configurations from that step's Fisher, each with its step MSE (Eq. 2) between the FP and the
-   quantized model's outputs at ``z_t``;
+   configurations from that step's Fisher within reach of the budget, each with its step MSE
+   (Eq. 2) between the FP and the quantized model's velocity at ``z_t``: the guided velocity
+   ``v_u + s (v_c - v_u)`` that sampling integrates (``step_loss="guided"``, with the
+   pipeline's CFG scale ``s``) or the conditional one (``"conditional"``, Eq. 2 literally);
 5. *beam search* (Eqs. 3-5, :mod:`adatsq.search.pareto`) under ``B_target = bits + extra_bits``;
-6. *selection* (Sec. 3.2.4): the surviving feasible paths generate a small batch of selection
-   prompts (disjoint from evaluation); the best by the task metric (DigitEval for the embedded
-   models), then fidelity to the FP images, wins. A user's own metric can be passed to
-   :func:`adatsq.pipeline.quantize_`.
+   every surviving path then spends what it leaves of the budget (:func:`fill_budget`);
+6. *selection* (Sec. 3.2.4): the surviving paths generate a batch of selection prompts (disjoint
+   from evaluation); among the paths whose task metric (DigitEval for the embedded models, or a
+   user's metric passed to :func:`adatsq.pipeline.quantize_`) is not significantly below the
+   best one's (paired, 95%), the most faithful to the FP samples (PSNR) wins
+   (:func:`select_path`).
 
 ``pareto=False`` keeps the nominal bit width everywhere: with ``calib="none"`` that is the "MinMax,
 naive rotation" baseline of the paper's Table 3.
@@ -31,17 +35,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adatsq.calib.fisher import FisherResult, fisher_information, temporal_weights
+from adatsq.calib.fisher import (
+    TARGETS,
+    FisherResult,
+    effective_steps,
+    fisher_information,
+    temporal_weights,
+)
 from adatsq.config import MethodOptions
-from adatsq.eval.fidelity import psnr
+from adatsq.eval.fidelity import psnr_per_image
+from adatsq.eval.paired import paired_difference
 from adatsq.methods.base import GPTQOptions, Method, register, rotated_layer
+from adatsq.models.sampling import guided_velocity
 from adatsq.quant.primitives import FULL_PRECISION
 from adatsq.search.candidates import CandidateConfig, generate_candidates
-from adatsq.search.pareto import beam_search
+from adatsq.search.pareto import beam_search, fill_budget
 
 log = logging.getLogger(__name__)
 
 CALIBRATIONS = ("fisher", "uniform", "none")
+STEP_LOSSES = ("guided", "conditional")
 
 
 @dataclass(frozen=True)
@@ -52,10 +65,15 @@ class AdaTSQOptions(MethodOptions):
         pareto: timestep-dynamic activation bits by the Pareto beam search (else uniform bits).
         calib: weight calibration, ``"fisher"``, ``"uniform"`` or ``"none"`` (round to nearest).
         tau: softmax temperature of Eq. 6 on per-layer mean-normalized Fisher scores.
+        mix: weight of uniform calibration blended into the Eq. 6 weights (0: Eq. 6 alone).
+        fisher_target: ``"velocity"`` (Eq. 1) or ``"output"`` (target-free output
+            sensitivity), see :mod:`adatsq.calib.fisher`.
         extra_bits: ``B_target - bits`` (the paper's W3A3.1 has 0.1).
         bit_choices: per-layer activation widths the candidates use.
         num_candidates: ``M`` candidates per step (also the beam width).
         num_clusters: sensitivity groups per step.
+        reach: candidates spend at most ``B_target + reach`` bits on average.
+        step_loss: ``"guided"`` (the CFG velocity sampling uses) or ``"conditional"``.
         keep: frontier truncation rule, ``"origin"`` (the paper's) or ``"lagrangian"``.
         fisher_prompts: calibration prompts of the Fisher estimate.
         select_prompts: prompts generated per surviving path in the final selection.
@@ -68,10 +86,14 @@ class AdaTSQOptions(MethodOptions):
     pareto: bool = True
     calib: str = "fisher"
     tau: float = 1.0
+    mix: float = 0.0
+    fisher_target: str = "velocity"
     extra_bits: float = 0.1
     bit_choices: tuple[int, ...] = (3, 4, 8)
     num_candidates: int = 8
-    num_clusters: int = 8
+    num_clusters: int = 32
+    reach: float = 1.0
+    step_loss: str = "guided"
     keep: str = "lagrangian"
     fisher_prompts: int = 16
     select_prompts: int = 24
@@ -85,6 +107,14 @@ class AdaTSQOptions(MethodOptions):
         object.__setattr__(self, "bit_choices", tuple(self.bit_choices))
         if self.calib not in CALIBRATIONS:
             raise ValueError(f"calib must be one of {', '.join(CALIBRATIONS)}, got {self.calib!r}")
+        if self.fisher_target not in TARGETS:
+            raise ValueError(f"fisher_target must be one of {', '.join(TARGETS)}, got "
+                             f"{self.fisher_target!r}")
+        if self.step_loss not in STEP_LOSSES:
+            raise ValueError(f"step_loss must be one of {', '.join(STEP_LOSSES)}, got "
+                             f"{self.step_loss!r}")
+        if not 0.0 <= self.mix <= 1.0:
+            raise ValueError(f"mix must be in [0, 1], got {self.mix}")
         if self.keep not in ("origin", "lagrangian"):
             raise ValueError(f"keep must be 'origin' or 'lagrangian', got {self.keep!r}")
         if not self.tau > 0 or self.extra_bits < 0:
@@ -142,29 +172,30 @@ class AdaTSQ(Method):
         self.fisher: FisherResult | None = None
         seed = self.recipe.calibration.seed
         if self.search or o.calib == "fisher":
-            key = ("fisher", o.fisher_prompts, seed, stats.steps)  # shared on the same stats
+            # shared by every run on the same stats
+            key = ("fisher", o.fisher_prompts, seed, stats.steps, o.fisher_target)
             if key not in stats.derived:
                 prompts = pipeline.calibration_prompts(o.fisher_prompts, seed)
                 stats.derived[key] = fisher_information(pipeline, prompts, steps=stats.steps,
-                                                        seed=seed, sigmas=stats.sigmas)
+                                                        seed=seed, sigmas=stats.sigmas,
+                                                        target=o.fisher_target)
             self.fisher = stats.derived[key]
             if self.fisher.layers != list(adapter.quantizable_layers(model)):
                 raise ValueError("the Fisher scores were computed for other layers than this "
                                  "model's; compute them on the model being quantized")
         self.alpha = None
         if o.calib == "fisher":
-            self.alpha = dict(zip(self.fisher.layers, temporal_weights(self.fisher.scores, o.tau)))
-        # FP outputs along the calibration trajectory, for the step losses of Eq. 2
+            alpha = temporal_weights(self.fisher.scores, o.tau, o.mix)
+            self.alpha = dict(zip(self.fisher.layers, alpha))
+        # FP velocities along the calibration trajectory, for the step losses of Eq. 2
         self.fp_out = None
         if self.search:
-            if "fp_out" not in stats.derived:
-                with torch.no_grad():
-                    B = stats.latents.shape[1]
-                    stats.derived["fp_out"] = torch.stack([
-                        adapter.denoise(model, stats.latents[t], stats.cond,
-                                        torch.full((B,), float(stats.sigmas[t])))
-                        for t in range(stats.steps)])  # (T, B, N, C)
-            self.fp_out = stats.derived["fp_out"]
+            self.cfg = self._cfg(pipeline)
+            key = ("fp_out", self.cfg)
+            if key not in stats.derived:
+                stats.derived[key] = torch.stack([self._velocity(pipeline, stats, t)
+                                                  for t in range(stats.steps)])  # (T, B, N, C)
+            self.fp_out = stats.derived[key]
             self.selection = self._selection_set(pipeline)
             key = ("selection_fp", tuple(self.selection[0]), seed + 1)
             if key not in stats.derived:
@@ -189,13 +220,17 @@ class AdaTSQ(Method):
             settings["fisher"] = self.fisher.to_dict()
         if self.alpha is not None:
             settings["alpha"] = {n: a.tolist() for n, a in self.alpha.items()}
+            settings["effective_steps"] = {
+                n: float(x) for n, x in zip(self.alpha, effective_steps(np.stack(
+                    list(self.alpha.values()))))}
         if not self.search:
             return settings
         fisher = self.fisher.scores  # (L, T), layers in the same order as ``layers``
         budget = self.recipe.activations.bits + o.extra_bits
         config = CandidateConfig(bit_choices=o.bit_choices, num_candidates=o.num_candidates,
-                                 num_clusters=o.num_clusters)
-        candidates = [generate_candidates(fisher[:, t], config) for t in range(stats.steps)]
+                                 num_clusters=o.num_clusters, reach=o.reach)
+        candidates = [generate_candidates(fisher[:, t], config, budget=budget)
+                      for t in range(stats.steps)]
         losses = self._step_losses(pipeline, stats, layers, candidates)
         M = max(len(c.avg_bits) for c in candidates)
         avg_bits = np.stack([np.pad(c.avg_bits, (0, M - len(c.avg_bits)), mode="edge")
@@ -203,34 +238,58 @@ class AdaTSQ(Method):
         loss_tm = np.stack([np.pad(x, (0, M - len(x)), mode="edge") for x in losses])  # (T, M)
         result = beam_search(avg_bits, loss_tm, beam_width=o.num_candidates, budget=budget,
                              keep=o.keep)
-        feasible = np.flatnonzero(result.feasible)
-        order = feasible[np.argsort(result.total_loss[feasible])][: o.select_paths]
-        scores = self._select(pipeline, stats, layers, candidates, result.paths[order])
-        best = int(order[max(range(len(order)), key=lambda i: scores[i])])
-        path = result.paths[best]
+        # every feasible survivor spends what it leaves of the budget; distinct ones are tried,
+        # least loss first
+        steps = np.arange(stats.steps)
+        filled = {}
+        for i in np.flatnonzero(result.feasible):
+            path = fill_budget(result.paths[i], avg_bits, loss_tm, budget)
+            filled.setdefault(tuple(path.tolist()), path)
+        paths = sorted(filled.values(), key=lambda p: loss_tm[steps, p].sum())[: o.select_paths]
+        scores = self._select(pipeline, stats, layers, candidates, paths)
+        chosen = select_path([s[0] for s in scores], [s[1] for s in scores])
+        path = paths[chosen]
         _set_bits(layers, _path_bits(candidates, path))
+        mean_bits = [float(avg_bits[steps, p].mean()) for p in paths]
         settings["search"] = {
-            "budget": budget, "keep": o.keep, "mean_bits": float(result.mean_bits[best]),
-            "total_loss": float(result.total_loss[best]), "truncated": result.truncated,
+            "budget": budget, "keep": o.keep, "step_loss": o.step_loss, "cfg_scale": self.cfg,
+            "mean_bits": mean_bits[chosen], "total_loss": float(loss_tm[steps, path].sum()),
+            "truncated": result.truncated,
             "candidate_bits": avg_bits.tolist(), "candidate_losses": loss_tm.tolist(),
             "survivors": {"mean_bits": result.mean_bits.tolist(),
                           "total_loss": result.total_loss.tolist(),
                           "feasible": result.feasible.tolist()},
-            "tried": order.tolist(), "selection_scores": [list(s) for s in scores],
-            "chosen": best, "path": path.tolist()}
+            "tried": {"paths": [p.tolist() for p in paths], "mean_bits": mean_bits,
+                      "total_loss": [float(loss_tm[steps, p].sum()) for p in paths]},
+            "selection_scores": [[_mean(t), float(np.mean(f))] for t, f in scores],
+            "chosen": chosen, "path": path.tolist()}
         return settings
 
-    @torch.no_grad()
+    @staticmethod
+    def _cfg(pipeline) -> float:
+        """The classifier-free guidance scale sampling uses (1: unguided)."""
+        return float(getattr(pipeline, "cfg_scale", 1.0))
+
+    def _velocity(self, pipeline, stats, t: int) -> torch.Tensor:
+        """The velocity at step ``t`` of the calibration trajectory that the step loss compares:
+        the guided one (CFG) or the conditional one, per ``step_loss``."""
+        B = stats.latents.shape[1]
+        sigma = torch.full((B,), float(stats.sigmas[t]))
+        guided = self.options.step_loss == "guided" and self.cfg != 1.0
+        with torch.no_grad():
+            return guided_velocity(pipeline.adapter, pipeline.transformer, stats.latents[t],
+                                   stats.cond, pipeline.null_conditioning() if guided else None,
+                                   sigma, self.cfg if guided else 1.0)
+
     def _step_losses(self, pipeline, stats, layers, candidates) -> list[np.ndarray]:
-        """Eq. 2 for every candidate of every step: MSE of the quantized vs FP output at ``z_t``."""
-        adapter, model = pipeline.adapter, pipeline.transformer
+        """Eq. 2 for every candidate of every step: MSE of the quantized vs FP velocity at
+        ``z_t``."""
         out = []
         for t in tqdm(range(stats.steps), desc="step losses", leave=False):
-            sigma = torch.full((stats.latents.shape[1],), float(stats.sigmas[t]))
             row = []
             for bits in candidates[t].bits:
                 _set_bits(layers, bits)
-                v = adapter.denoise(model, stats.latents[t], stats.cond, sigma)
+                v = self._velocity(pipeline, stats, t)
                 row.append(float((v - self.fp_out[t]).square().mean()))
             out.append(np.array(row))
         return out
@@ -247,14 +306,55 @@ class AdaTSQ(Method):
             task = lambda images: float(user(images, prompts))  # noqa: E731
         return prompts, task
 
-    def _select(self, pipeline, stats, layers, candidates, paths) -> list[tuple[float, float]]:
-        """(task metric, PSNR to FP) of each path's generations on the selection prompts."""
+    def _select(self, pipeline, stats, layers, candidates, paths):
+        """(task metric, PSNR to FP) of each path's samples of the selection prompts; each is
+        per prompt (N,) where the metric gives one score per sample, else a float."""
         prompts, task = self.selection
         scores = []
         for path in tqdm(paths, desc="selection", leave=False):
             _set_bits(layers, _path_bits(candidates, path))
             images = pipeline.generate(prompts, seed=self.recipe.calibration.seed + 1,
                                        steps=stats.steps)
-            fidelity = psnr(images, self.selection_fp)
-            scores.append((task(images) if task is not None else fidelity, fidelity))
+            fidelity = psnr_per_image(images, self.selection_fp).reshape(len(prompts), -1).mean(1)
+            metric = task(images) if task is not None else fidelity
+            scores.append((np.asarray(metric, dtype=np.float64), fidelity))
         return scores
+
+
+def _mean(x) -> float:
+    return float(np.mean(x))
+
+
+def select_path(task: list, fidelity: list) -> int:
+    """The selection rule of AdaTSQ (Sec. 3.2.4) over the paths tried.
+
+    The best path by the task metric sets the bar; a path *ties* with it when the task metric
+    cannot tell them apart: the paired 95% interval of the per-prompt difference reaches 0 (with
+    one score per path, only an exact tie). Of the tied paths the one with the highest mean
+    fidelity to the FP samples wins (a task metric that saturates then does not decide on
+    noise); further ties go to the earlier path (least step loss).
+
+    Args:
+        task: per path, the task metric per prompt (N,) or a scalar (higher is better).
+        fidelity: per path, the fidelity (e.g. PSNR) per prompt (N,) or a scalar.
+
+    Returns:
+        The index of the chosen path.
+
+    Example:
+        >>> select_path([np.array([1.0, 1, 0, 1]), np.array([1.0, 1, 1, 0])], [20.0, 22.0])
+        1
+    """
+    if not task or len(task) != len(fidelity):
+        raise ValueError("select_path needs one task score and one fidelity per path")
+    means = [_mean(t) for t in task]
+    top = int(np.argmax(means))
+
+    def ties(i: int) -> bool:
+        a, b = np.atleast_1d(task[top]), np.atleast_1d(task[i])
+        if a.size > 1 and a.shape == b.shape:
+            return paired_difference(a, b)["lo"] <= 0.0
+        return means[i] == means[top]
+
+    tied = [i for i in range(len(task)) if ties(i)]
+    return max(tied, key=lambda i: (_mean(fidelity[i]), -i))

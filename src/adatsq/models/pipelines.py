@@ -417,6 +417,12 @@ class DiffusersPipeline:
         """The transformer's compute dtype (diffusers skips the modules it keeps in float32)."""
         return self.transformer.dtype
 
+    @property
+    def cfg_scale(self) -> float:
+        """The classifier-free guidance scale sampling uses (1: unguided; Flux-Dev's distilled
+        guidance is a model input, not CFG)."""
+        return float(self.family.cfg_scale(self.sampling.guidance_scale))
+
     def sample_shape(self) -> tuple[int, ...]:
         """Shape of one decoded sample: (3, H, W), or (3, F, H, W) for a video."""
         s = self.sampling

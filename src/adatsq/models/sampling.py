@@ -53,6 +53,28 @@ def _cat(a: Conditioning, b: Conditioning) -> Conditioning:
     return {k: torch.cat([a[k], b[k]]) for k in b}
 
 
+def guided_velocity(adapter: Adapter, model: nn.Module, x: torch.Tensor, cond: Conditioning,
+                    uncond: Conditioning | None, sigma: torch.Tensor,
+                    guidance_scale: float = 1.0) -> torch.Tensor:
+    """The velocity sampling integrates at ``x`` (B, ...): ``v_u + s (v_c - v_u)`` with
+    classifier-free guidance (one batched call), the conditional ``v_c`` when ``s == 1``.
+
+    Args:
+        uncond: conditioning of the empty prompt (batch 1 or B); needed unless
+            ``guidance_scale == 1``.
+        sigma: (B,) noise level of every sample.
+    """
+    if guidance_scale == 1.0:
+        return adapter.denoise(model, x, cond, sigma)
+    if uncond is None:
+        raise ValueError("classifier-free guidance needs the unconditional conditioning")
+    b = x.shape[0]
+    uncond = {k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}
+    v = adapter.denoise(model, torch.cat([x, x]), _cat(uncond, cond), torch.cat([sigma, sigma]))
+    v_uncond, v_cond = v.chunk(2)
+    return v_uncond + guidance_scale * (v_cond - v_uncond)
+
+
 @torch.no_grad()
 def sample(adapter: Adapter, model: nn.Module, noise: torch.Tensor, cond: Conditioning,
            uncond: Conditioning | None, steps: int, guidance_scale: float = 1.0,
@@ -69,22 +91,13 @@ def sample(adapter: Adapter, model: nn.Module, noise: torch.Tensor, cond: Condit
     scheduler = make_scheduler(steps, shift, spacing)
     x = noise
     b = x.shape[0]
-    guided = guidance_scale != 1.0
-    if guided:
-        if uncond is None:
-            raise ValueError("classifier-free guidance needs the unconditional conditioning")
-        uncond = {k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}
-        both = _cat(uncond, cond)
+    if guidance_scale != 1.0 and uncond is None:
+        raise ValueError("classifier-free guidance needs the unconditional conditioning")
     label = progress if isinstance(progress, str) else "sampling"
     for i, t in enumerate(tqdm(scheduler.timesteps, desc=label, disable=not progress, leave=False)):
         sigma = torch.full((b,), float(t) / 1000.0)
         if callback is not None:
             callback(i, sigma, x)
-        if guided:
-            v = adapter.denoise(model, torch.cat([x, x]), both, torch.cat([sigma, sigma]))
-            v_uncond, v_cond = v.chunk(2)
-            v = v_uncond + guidance_scale * (v_cond - v_uncond)
-        else:
-            v = adapter.denoise(model, x, cond, sigma)
+        v = guided_velocity(adapter, model, x, cond, uncond, sigma, guidance_scale)
         x = scheduler.step(v, t, x, return_dict=False)[0]
     return x

@@ -15,6 +15,15 @@ of them. Each is scored by
 (average bits, noise proxy) Pareto frontier picked farthest-point along the average-bits axis, so
 that the candidates span ``[min(bits), max(bits)]`` evenly and each one spends its bits where the
 Fisher information says they matter. Their true step loss (Eq. 2) is measured later by the model.
+
+*Budget-aware* candidates (a ``budget`` given): a path's mean width must stay at most the budget,
+so candidates far above it are nearly useless (at a 3.1-bit budget a step may spend 8 bits only if
+most others spend 3), while the steps near it decide how much of the budget a path can spend. The
+candidates are then drawn from ``[min(bits), budget + reach]``: the uniform configurations inside
+it, the frontier configurations that bracket the budget (the ``brackets`` nearest at most the
+budget and above it; neighbours on the frontier differ by one group's width), then farthest-point
+spread over the rest of that window. Mixing the brackets over the steps, a path can spend the budget
+to within a fraction of one group's width.
 """
 
 from __future__ import annotations
@@ -42,18 +51,24 @@ class CandidateConfig:
         num_candidates: ``M``, the most candidates per timestep; at least ``len(bit_choices)``.
         method: sensitivity grouping: ``"kmeans"`` (optimal 1-D k-means on log Fisher) or
             ``"quantile"`` (equal-count groups by Fisher rank).
-        num_clusters: ``G``, the most sensitivity groups.
+        num_clusters: ``G``, the most sensitivity groups (the finer, the closer a path can spend
+            its budget; ``C(G + K - 1, G)`` configurations are enumerated).
+        reach: with a budget, candidates have average bits at most ``budget + reach``.
+        brackets: with a budget, the frontier configurations kept on each side of it (the
+            nearest ``brackets`` at most the budget and above it).
         version: schema version of this config.
 
     Example:
-        >>> CandidateConfig(bit_choices=(4, 8), num_candidates=6).num_configurations
+        >>> CandidateConfig(bit_choices=(4, 8), num_candidates=6, num_clusters=8).num_configurations
         9
     """
 
     bit_choices: tuple[int, ...] = (3, 4, 8)
     num_candidates: int = 8
     method: str = "kmeans"
-    num_clusters: int = 8
+    num_clusters: int = 32
+    reach: float = 1.0
+    brackets: int = 2
     version: int = 1
 
     def __post_init__(self):
@@ -71,6 +86,10 @@ class CandidateConfig:
                              f"{', '.join(CLUSTER_METHODS)}")
         if self.num_clusters < 1:
             raise ValueError(f"num_clusters must be positive, got {self.num_clusters}")
+        if self.brackets < 1:
+            raise ValueError(f"brackets must be positive, got {self.brackets}")
+        if not (math.isfinite(self.reach) and self.reach >= 0):
+            raise ValueError(f"reach must be a non-negative number of bits, got {self.reach}")
         if self.num_configurations > MAX_CONFIGURATIONS:
             raise ValueError(f"{self.num_clusters} clusters and {len(self.bit_choices)} bit "
                              f"choices give {self.num_configurations} configurations, more "
@@ -163,7 +182,8 @@ def sensitivity_clusters(fisher_t: np.ndarray, num_clusters: int,
 
 
 def generate_candidates(fisher_t: np.ndarray, config: CandidateConfig = CandidateConfig(),
-                        layer_weights: np.ndarray | None = None) -> Candidates:
+                        layer_weights: np.ndarray | None = None,
+                        budget: float | None = None) -> Candidates:
     """Candidate per-layer bit configurations for one timestep from its Fisher scores.
 
     Args:
@@ -171,11 +191,15 @@ def generate_candidates(fisher_t: np.ndarray, config: CandidateConfig = Candidat
         config: bit choices, number of candidates and grouping method.
         layer_weights: (L,) positive weight of each layer in the average bit width (e.g. MACs);
             None weighs layers uniformly as in Eq. 3.
+        budget: the search's target mean width; candidates then lie in
+            ``[min(bits), budget + reach]`` and bracket it (see the module docstring). None
+            spreads them over every width.
 
     Returns:
         At most ``config.num_candidates`` distinct candidates, sorted by average bits. The uniform
-        configurations are always among them; fewer than ``M`` come back only when fewer
-        monotone configurations exist (few distinct Fisher scores or small ``num_clusters``).
+        configurations (with a budget, those inside the window) are always among them; fewer than
+        ``M`` come back only when fewer monotone configurations exist (few distinct Fisher scores
+        or small ``num_clusters``).
 
     Example:
         >>> fisher_t = np.array([1e-4, 2e-4, 1.0, 0.9, 1e-4])
@@ -209,9 +233,25 @@ def generate_candidates(fisher_t: np.ndarray, config: CandidateConfig = Candidat
 
     uniform = np.flatnonzero((levels == levels[:, :1]).all(axis=1))  # (K,)
     front = pareto_front(avg_bits, noise_proxy)  # (F,)
-    front = front[~np.isin(front, uniform)]
-    rest = np.setdiff1d(np.arange(levels.shape[0]), np.concatenate((uniform, front)))
-    chosen = _spread(avg_bits, uniform, front, config.num_candidates)
+    rest = np.setdiff1d(np.arange(levels.shape[0]), front)
+    forced = uniform
+    if budget is not None:
+        if not np.isfinite(budget) or budget < choices[0]:
+            raise ValueError(f"budget of {budget} bits is below the smallest bit choice "
+                             f"{choices[0]}")
+        window = avg_bits <= budget + config.reach + 1e-9  # (N,)
+        below = front[avg_bits[front] <= budget + 1e-9]  # the lowest uniform at least
+        above = front[(avg_bits[front] > budget + 1e-9) & window[front]]
+        k = config.brackets
+        brackets = [*below[np.argsort(-avg_bits[below], kind="stable")[:k]],
+                    *above[np.argsort(avg_bits[above], kind="stable")[:k]]]
+        # the cheapest configuration and the brackets first, if M cannot hold every uniform one
+        forced = list(dict.fromkeys([uniform[0], *brackets, *uniform[window[uniform]]]))
+        forced = np.asarray(forced[:config.num_candidates], dtype=np.int64)
+        front, rest = front[window[front]], rest[window[rest]]
+    front = front[~np.isin(front, forced)]
+    rest = rest[~np.isin(rest, forced)]
+    chosen = _spread(avg_bits, forced, front, config.num_candidates)
     chosen = _spread(avg_bits, chosen, rest, config.num_candidates)  # dominated ones fill up only
 
     order = np.lexsort((noise_proxy[chosen], avg_bits[chosen]))

@@ -312,3 +312,45 @@ def _relaxed_mean_bits(avg_bits: np.ndarray, losses: np.ndarray, price: float) -
     first = np.lexsort((avg_bits, losses + price * avg_bits), axis=-1)[:, 0]  # (T,)
     return float(avg_bits[np.arange(avg_bits.shape[0]), first].mean())
 
+
+
+def fill_budget(path: np.ndarray, avg_bits: np.ndarray, losses: np.ndarray,
+                budget: float) -> np.ndarray:
+    """Spends what a path leaves of the budget: greedy upgrades that lower its loss.
+
+    While some step can switch to a candidate with more bits and a lower loss that still fits the
+    remaining budget ``T * budget - B_T``, the switch with the largest loss decrease per added bit
+    is made. The path never gets worse (its loss only falls) and stays feasible; it stops when
+    no upgrade fits, so the unspent remainder is below the cheapest upgrade left.
+
+    Args:
+        path: (T,) candidate index per step of a feasible path.
+        avg_bits: (T, M) average bit width of each candidate.
+        losses: (T, M) step loss of each candidate.
+        budget: the largest allowed mean bit width.
+
+    Returns:
+        (T,) the filled path (a new array).
+
+    Example:
+        >>> avg_bits = np.array([[3.0, 3.5, 4.0], [3.0, 3.5, 4.0]])
+        >>> losses = np.array([[4.0, 2.0, 1.0], [4.0, 3.0, 2.5]])
+        >>> fill_budget(np.array([0, 0]), avg_bits, losses, budget=3.5).tolist()
+        [2, 0]
+    """
+    avg_bits, losses = check_search_inputs(avg_bits, losses)
+    path = np.array(path, dtype=np.int64)
+    steps = np.arange(path.size)
+    total = avg_bits.shape[0] * (budget + BUDGET_TOLERANCE)
+    if avg_bits[steps, path].sum() > total:
+        raise ValueError(f"the path to fill already exceeds the budget of {budget:g} bits")
+    while True:
+        spare = total - avg_bits[steps, path].sum()
+        dB = avg_bits - avg_bits[steps, path][:, None]  # (T, M) added bits
+        dE = losses[steps, path][:, None] - losses  # (T, M) loss saved
+        fits = (dB > 0) & (dE > 0) & (dB <= spare)
+        if not fits.any():
+            return path
+        gain = np.where(fits, dE / np.where(dB > 0, dB, 1.0), -np.inf)
+        t, c = np.unravel_index(np.argmax(gain), gain.shape)
+        path[t] = c

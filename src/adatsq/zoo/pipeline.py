@@ -57,6 +57,11 @@ class DigitPipeline:
             self._null = self.encode([""])
         return self._null
 
+    @property
+    def cfg_scale(self) -> float:
+        """The classifier-free guidance scale sampling uses (1: unguided)."""
+        return float(self.entry.guidance_scale)
+
     def schedule(self, steps: int | None = None) -> torch.Tensor:
         """Timestep values (T,) the transformer receives at each step."""
         return self.adapter.model_timestep(sigmas(steps or self.entry.steps,
