@@ -178,3 +178,38 @@ def test_selection_prefers_fidelity_when_the_task_metric_ties():
     assert select_path(same, [10.0, 40.0]) == 1
     assert select_path([0.5, 0.5], [1.0, 2.0]) == 1  # scalars: only exact ties
     assert select_path([0.6, 0.5], [1.0, 2.0]) == 0
+
+
+def test_lowrank_variant_is_exact_before_quantization_and_saves(calibrated, tmp_path,
+                                                                monkeypatch):
+    """adatsq_lr: the 16-bit branch of the rotated weight plus the residual equals the layer; at
+    W4A4 it is stored and reloaded bit-exact."""
+    from adatsq import io
+    from adatsq.methods import get_method
+    from adatsq.pipeline import load_artifact
+    from adatsq.quant.lowrank import proportional_rank
+    from adatsq.quant.qlinear import StepTracker
+    from adatsq.zoo import registry
+
+    pipe, stats = calibrated
+    recipe = Recipe(method="adatsq", weights=WeightSpec(bits=16),
+                    activations=ActivationSpec(bits=16), options={"lowrank": True,
+                                                                  "calib": "none"})
+    m = get_method("adatsq")(recipe)
+    m.prepare(pipe, stats)
+    tracker = StepTracker(pipe.schedule())
+    for name, linear in pipe.adapter.quantizable_layers(pipe.transformer).items():
+        q = m.quantize_layer(name, linear, stats, tracker)
+        assert q.lowrank_down.shape == (proportional_rank(*linear.weight.shape),
+                                        linear.in_features)
+        x = torch.randn(2, 5, linear.in_features)
+        assert (q(x) - linear(x)).abs().max() <= 1e-4 * linear(x).abs().max()
+    quantized = fresh_copy(pipe)
+    recipe = Recipe(method="adatsq", weights=WeightSpec(bits=4), activations=ActivationSpec(
+        bits=4), options={**SMALL, "lowrank": True})
+    policy = quantize_(quantized, recipe, progress=False, stats=stats)
+    io.save(quantized.transformer, policy, tmp_path / "lr", quantized.source())
+    monkeypatch.setitem(registry.ENTRIES, pipe.entry.name, pipe.entry)
+    loaded, _ = load_artifact(tmp_path / "lr")
+    want = quantized.generate(PROMPTS[:2], seed=1)
+    assert torch.equal(loaded.generate(PROMPTS[:2], seed=1), want)

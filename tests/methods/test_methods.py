@@ -109,7 +109,7 @@ def test_q_dit_allocation_respects_budget_and_prefers_sensitive_layers():
 def test_svdquant_rank_keeps_the_papers_proportion_unless_given(calibrated):
     from adatsq.eval.cost import bit_operations, layer_tokens
     from adatsq.io import model_bytes
-    from adatsq.methods.svdquant import proportional_rank
+    from adatsq.quant.lowrank import proportional_rank
 
     assert proportional_rank(3072, 3072) == 32 and proportional_rank(3072, 12288) == 32
     assert proportional_rank(128, 512) == 1 and proportional_rank(640, 640) == 7

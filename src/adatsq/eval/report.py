@@ -67,6 +67,7 @@ ABLATIONS = {
 VARIANTS = {
     **{name: ("adatsq", options) for name, options in ABLATIONS.items()},
     "svdquant_r32": ("svdquant", {"rank": 32}),
+    "adatsq_lr": ("adatsq", {"lowrank": True}),
 }
 """Row names that run a method with other options: name -> (method, options)."""
 

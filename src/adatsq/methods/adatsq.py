@@ -47,6 +47,7 @@ from adatsq.eval.fidelity import psnr_per_image
 from adatsq.eval.paired import paired_difference
 from adatsq.methods.base import GPTQOptions, Method, register, rotated_layer
 from adatsq.models.sampling import guided_velocity
+from adatsq.quant.lowrank import proportional_rank
 from adatsq.quant.primitives import FULL_PRECISION
 from adatsq.search.candidates import CandidateConfig, generate_candidates
 from adatsq.search.pareto import beam_search, fill_budget
@@ -78,6 +79,9 @@ class AdaTSQOptions(MethodOptions):
         fisher_prompts: calibration prompts of the Fisher estimate.
         select_prompts: prompts generated per surviving path in the final selection.
         select_paths: most surviving paths tried (least-loss first).
+        lowrank: a 16-bit low-rank branch of every rotated weight at SVDQuant's proportional
+            rank (:func:`adatsq.quant.lowrank.proportional_rank`); only the residual is quantized
+            (the ``adatsq_lr`` variant; beyond the paper).
         random_signs: randomized Hadamard rotation (seeded random signs, as QuaRot); False: the
             plain Sylvester/Paley matrix.
         block_size, damp, act_order: GPTQ settings.
@@ -98,6 +102,7 @@ class AdaTSQOptions(MethodOptions):
     fisher_prompts: int = 16
     select_prompts: int = 24
     select_paths: int = 8
+    lowrank: bool = False
     random_signs: bool = True
     block_size: int = 128
     damp: float = 0.01
@@ -163,6 +168,8 @@ class AdaTSQ(Method):
         g = super().granularity()
         g["activations"] = f"{g['activations']}, Hadamard-rotated" + (
             ", timestep-dynamic bits" if self.search else "")
+        if self.options.lowrank:
+            g["weights"] = f"{g['weights']}, 16-bit low-rank branch (proportional)"
         return g
 
     # -- 2/3: Fisher and weights -------------------------------------------------------------
@@ -205,12 +212,13 @@ class AdaTSQ(Method):
 
     def quantize_layer(self, name, linear, stats, tracker):
         o = self.options
+        rank = proportional_rank(*linear.weight.shape) if o.lowrank else None
         if o.calib == "none":
-            return rotated_layer(self, name, linear, None, tracker, None)
+            return rotated_layer(self, name, linear, None, tracker, None, rank)
         alpha = self.alpha
         weights = None if alpha is None else torch.tensor(alpha[name], dtype=torch.float32)
         return rotated_layer(self, name, linear, stats.hessian_sum(name, weights), tracker,
-                             o.gptq)
+                             o.gptq, rank)
 
     # -- 4/5/6: candidates, search, selection --------------------------------------------------
     def finalize(self, pipeline, stats, tracker, layers):

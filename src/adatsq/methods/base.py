@@ -118,18 +118,29 @@ def layer_signs(method: Method, name: str, width: int) -> torch.Tensor | None:
 
 
 def rotated_layer(method: Method, name: str, linear: nn.Linear, H: torch.Tensor | None,
-                  tracker: StepTracker, gptq: GPTQOptions | None) -> QuantLinear:
+                  tracker: StepTracker, gptq: GPTQOptions | None,
+                  rank: int | None = None) -> QuantLinear:
     """A layer whose input is rotated online (``R = D H_had``, random signs ``D`` per
     :func:`layer_signs`) and whose weight ``W R`` is solved by GPTQ on the rotated Hessian
-    ``Rᵀ H R`` (``gptq`` given) or rounded to nearest (QuaRot, AdaTSQ)."""
+    ``Rᵀ H R`` (``gptq`` given) or rounded to nearest (QuaRot, AdaTSQ).
+
+    ``rank``: a 16-bit low-rank branch of ``W R`` (SVDQuant's split, on the rotated input); only
+    the residual is quantized.
+    """
+    from adatsq.quant.lowrank import lowrank_split
     from adatsq.quant.rotation import rotate, rotate_hessian
 
     signs = layer_signs(method, name, linear.in_features)
     W = rotate(linear.weight.detach().double(), signs).float()  # W R
+    lowrank = None
+    if rank is not None:
+        down, up, W = lowrank_split(W, rank)
+        lowrank = (down, up)
     Hr = None if H is None or gptq is None else rotate_hessian(H.double(), signs).float()
     solved = solve_weights(W, Hr, method.recipe.weights, gptq)
     return QuantLinear.from_linear(linear, method.recipe.weights, method.activation(), tracker,
-                                   weight=W, rotate_input=True, rotation_signs=signs, **solved)
+                                   weight=W, rotate_input=True, rotation_signs=signs,
+                                   lowrank=lowrank, **solved)
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -21,12 +21,9 @@ from dataclasses import dataclass
 
 from adatsq.config import MethodOptions
 from adatsq.methods.base import Method, register
-from adatsq.quant.lowrank import lowrank_split
+from adatsq.quant.lowrank import lowrank_split, proportional_rank
 from adatsq.quant.qlinear import QuantLinear
 from adatsq.quant.smoothing import check_alpha, smooth_layer
-
-PAPER_RANK, PAPER_WIDTH = 32, 3072
-"""SVDQuant's rank on Flux-Dev and the width of Flux-Dev's layers: the default proportion."""
 
 
 @dataclass(frozen=True)
@@ -47,16 +44,6 @@ class SVDQuantOptions(MethodOptions):
                                       or self.rank <= 0):
             raise ValueError(f"SVDQuant rank must be a positive integer or null, got {self.rank!r}")
         check_alpha(self.alpha)
-
-
-def proportional_rank(out_features: int, in_features: int) -> int:
-    """The rank SVDQuant's paper would use at this layer size: 32 of 3072, rounded, at least 1.
-
-    Example:
-        >>> proportional_rank(128, 128), proportional_rank(3072, 12288)
-        (1, 32)
-    """
-    return max(1, round(min(out_features, in_features) * PAPER_RANK / PAPER_WIDTH))
 
 
 @register

@@ -10,6 +10,19 @@ from __future__ import annotations
 
 import torch
 
+PAPER_RANK, PAPER_WIDTH = 32, 3072
+"""SVDQuant's rank on Flux-Dev and the width of Flux-Dev's layers: the default proportion."""
+
+
+def proportional_rank(out_features: int, in_features: int) -> int:
+    """The rank SVDQuant's paper would use at this layer size: 32 of 3072, rounded, at least 1.
+
+    Example:
+        >>> proportional_rank(128, 128), proportional_rank(3072, 12288)
+        (1, 32)
+    """
+    return max(1, round(min(out_features, in_features) * PAPER_RANK / PAPER_WIDTH))
+
 
 def lowrank_split(weight: torch.Tensor,
                   rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
