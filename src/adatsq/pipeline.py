@@ -113,11 +113,15 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
                            only=group if len(groups) > 1 else None)
 
         stats = stats_of(groups[0], 0)
+    phases = {"capture": time.time() - t0}
     if stats is not None and stats.steps != steps:
         raise ValueError(f"calibration statistics cover {stats.steps} steps but the recipe "
                          f"samples {steps}; capture them with the same number of steps")
     tracker = StepTracker(pipeline.schedule(steps))
+    t1 = time.time()
     method.prepare(pipeline, stats)
+    phases["prepare"] = time.time() - t1
+    t1 = time.time()
     quantized = {}
     bar = tqdm(total=len(layers), desc=f"{recipe.method} {recipe.label}", disable=not progress,
                leave=False)
@@ -136,9 +140,13 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
         set_module(model, name, q)
     tracker = attach_tracker(model, adapter, tracker.schedule)
     round_to_storage_(model)
+    phases["layers"] = time.time() - t1
+    t1 = time.time()
     settings = method.finalize(pipeline, stats, tracker, quantized) or {}
+    phases["finalize"] = time.time() - t1
+    phases.update({f"{k}": v for k, v in getattr(method, "phases", {}).items()})
     settings = {"granularity": method.granularity(), "source": method.source, **settings,
-                "seconds": time.time() - t0}
+                "seconds": time.time() - t0, "phases": phases}
     policy = policy_of(model, pipeline, recipe, tracker.schedule, settings)
     log.info("%s %s done in %.1fs", recipe.method, recipe.label, settings["seconds"])
     return policy

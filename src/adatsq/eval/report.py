@@ -304,10 +304,14 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
         if val is not None:
             entry["validation"] = val
         if "search" in settings:
-            keys = ("budget", "keep", "mean_bits", "total_loss", "truncated", "tried",
-                    "selection_scores", "chosen")
+            keys = ("budget", "keep", "step_loss", "mean_bits", "total_loss", "truncated",
+                    "tried", "selection_scores", "chosen")
             entry["search"] = {k: settings["search"][k] for k in keys}
-        for key in ("group_sizes", "lowrank_ranks"):
+        if "effective_steps" in settings:
+            n_eff = np.array(list(settings["effective_steps"].values()))
+            entry["effective_steps"] = {"min": float(n_eff.min()),
+                                        "median": float(np.median(n_eff))}
+        for key in ("group_sizes", "lowrank_ranks", "phases"):
             if key in settings:
                 entry[key] = settings[key]
         if row.recipe is not None and row.recipe.options:

@@ -29,6 +29,8 @@ naive rotation" baseline of the paper's Table 3.
 from __future__ import annotations
 
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -77,6 +79,8 @@ class AdaTSQOptions(MethodOptions):
         step_loss: ``"guided"`` (the CFG velocity sampling uses) or ``"conditional"``.
         keep: frontier truncation rule, ``"origin"`` (the paper's) or ``"lagrangian"``.
         fisher_prompts: calibration prompts of the Fisher estimate.
+        step_prompts: calibration prompts (the first of the calibration batch) whose
+            trajectories score the step losses (Eq. 2).
         select_prompts: prompts generated per surviving path in the final selection.
         select_paths: most surviving paths tried (least-loss first).
         lowrank: a 16-bit low-rank branch of every rotated weight at SVDQuant's proportional
@@ -100,6 +104,7 @@ class AdaTSQOptions(MethodOptions):
     step_loss: str = "guided"
     keep: str = "lagrangian"
     fisher_prompts: int = 16
+    step_prompts: int = 16
     select_prompts: int = 24
     select_paths: int = 8
     lowrank: bool = False
@@ -124,7 +129,8 @@ class AdaTSQOptions(MethodOptions):
             raise ValueError(f"keep must be 'origin' or 'lagrangian', got {self.keep!r}")
         if not self.tau > 0 or self.extra_bits < 0:
             raise ValueError("tau must be positive and extra_bits non-negative")
-        for n in ("num_candidates", "fisher_prompts", "select_prompts", "select_paths"):
+        for n in ("num_candidates", "fisher_prompts", "step_prompts", "select_prompts",
+                  "select_paths"):
             if getattr(self, n) <= 0:
                 raise ValueError(f"{n} must be positive")
 
@@ -155,6 +161,7 @@ class AdaTSQ(Method):
 
     def __init__(self, recipe):
         super().__init__(recipe)
+        self.phases: dict[str, float] = {}  # seconds of each phase (report and BENCHMARKS.md)
         # 16-bit activations (a weight-only row) leave no activation bits to search
         self.search = self.options.pareto and recipe.activations.bits != FULL_PRECISION
         budget = recipe.activations.bits + self.options.extra_bits
@@ -183,9 +190,10 @@ class AdaTSQ(Method):
             key = ("fisher", o.fisher_prompts, seed, stats.steps, o.fisher_target)
             if key not in stats.derived:
                 prompts = pipeline.calibration_prompts(o.fisher_prompts, seed)
-                stats.derived[key] = fisher_information(pipeline, prompts, steps=stats.steps,
-                                                        seed=seed, sigmas=stats.sigmas,
-                                                        target=o.fisher_target)
+                with self._phase("fisher"):
+                    stats.derived[key] = fisher_information(pipeline, prompts, steps=stats.steps,
+                                                            seed=seed, sigmas=stats.sigmas,
+                                                            target=o.fisher_target)
             self.fisher = stats.derived[key]
             if self.fisher.layers != list(adapter.quantizable_layers(model)):
                 raise ValueError("the Fisher scores were computed for other layers than this "
@@ -198,16 +206,18 @@ class AdaTSQ(Method):
         self.fp_out = None
         if self.search:
             self.cfg = self._cfg(pipeline)
-            key = ("fp_out", self.cfg)
+            key = ("fp_out", self.cfg, o.step_loss, o.step_prompts)
             if key not in stats.derived:
-                stats.derived[key] = torch.stack([self._velocity(pipeline, stats, t)
-                                                  for t in range(stats.steps)])  # (T, B, N, C)
+                with self._phase("fp_velocity"):
+                    stats.derived[key] = torch.stack([self._velocity(pipeline, stats, t)
+                                                      for t in range(stats.steps)])  # (T, B, ...)
             self.fp_out = stats.derived[key]
             self.selection = self._selection_set(pipeline)
             key = ("selection_fp", tuple(self.selection[0]), seed + 1)
             if key not in stats.derived:
-                stats.derived[key] = pipeline.generate(self.selection[0], steps=stats.steps,
-                                                       seed=seed + 1)
+                with self._phase("selection_fp"):
+                    stats.derived[key] = pipeline.generate(self.selection[0], steps=stats.steps,
+                                                           seed=seed + 1)
             self.selection_fp = stats.derived[key]
 
     def quantize_layer(self, name, linear, stats, tracker):
@@ -239,7 +249,8 @@ class AdaTSQ(Method):
                                  num_clusters=o.num_clusters, reach=o.reach)
         candidates = [generate_candidates(fisher[:, t], config, budget=budget)
                       for t in range(stats.steps)]
-        losses = self._step_losses(pipeline, stats, layers, candidates)
+        with self._phase("step_losses"):
+            losses = self._step_losses(pipeline, stats, layers, candidates)
         M = max(len(c.avg_bits) for c in candidates)
         avg_bits = np.stack([np.pad(c.avg_bits, (0, M - len(c.avg_bits)), mode="edge")
                              for c in candidates])  # (T, M)
@@ -254,7 +265,8 @@ class AdaTSQ(Method):
             path = fill_budget(result.paths[i], avg_bits, loss_tm, budget)
             filled.setdefault(tuple(path.tolist()), path)
         paths = sorted(filled.values(), key=lambda p: loss_tm[steps, p].sum())[: o.select_paths]
-        scores = self._select(pipeline, stats, layers, candidates, paths)
+        with self._phase("selection"):
+            scores = self._select(pipeline, stats, layers, candidates, paths)
         chosen = select_path([s[0] for s in scores], [s[1] for s in scores])
         path = paths[chosen]
         _set_bits(layers, _path_bits(candidates, path))
@@ -273,6 +285,14 @@ class AdaTSQ(Method):
             "chosen": chosen, "path": path.tolist()}
         return settings
 
+    @contextmanager
+    def _phase(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
+
     @staticmethod
     def _cfg(pipeline) -> float:
         """The classifier-free guidance scale sampling uses (1: unguided)."""
@@ -281,12 +301,13 @@ class AdaTSQ(Method):
     def _velocity(self, pipeline, stats, t: int) -> torch.Tensor:
         """The velocity at step ``t`` of the calibration trajectory that the step loss compares:
         the guided one (CFG) or the conditional one, per ``step_loss``."""
-        B = stats.latents.shape[1]
+        B = min(self.options.step_prompts, stats.latents.shape[1])
         sigma = torch.full((B,), float(stats.sigmas[t]))
+        cond = {k: v[:B] for k, v in stats.cond.items()}
         guided = self.options.step_loss == "guided" and self.cfg != 1.0
         with torch.no_grad():
-            return guided_velocity(pipeline.adapter, pipeline.transformer, stats.latents[t],
-                                   stats.cond, pipeline.null_conditioning() if guided else None,
+            return guided_velocity(pipeline.adapter, pipeline.transformer, stats.latents[t, :B],
+                                   cond, pipeline.null_conditioning() if guided else None,
                                    sigma, self.cfg if guided else 1.0)
 
     def _step_losses(self, pipeline, stats, layers, candidates) -> list[np.ndarray]:
