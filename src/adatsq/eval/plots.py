@@ -297,3 +297,22 @@ def rotation_error_plot(report: dict, path: str | Path) -> Path:
             ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def step_damage_plot(report: dict, path: str | Path) -> Path:
+    """The measured damage of quantizing one step at a time and the step losses that should rank
+    the steps alike, each divided by its maximum, against the step index."""
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    damage = np.asarray(report["damage"])
+    ax.plot(damage / damage.max(), "k-", lw=2.0, label="damage (final-sample MSE)")
+    for i, (name, values) in enumerate(report["losses"].items()):
+        v = np.asarray(values)
+        ax.plot(v / v.max(), color=f"C{i}", lw=1.2,
+                label=f"{name} (Spearman {report['spearman'][name]:+.2f})")
+    ax.set_xlabel("sampling step (0 = pure noise)")
+    ax.set_ylabel("relative to its maximum")
+    ax.set_title(f"{report['model']} {report['bits']}: step loss vs damage of one step",
+                 fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
