@@ -37,3 +37,18 @@ def test_a_low_rank_branch_costs_sixteen_bit_operations(calibrated):
     extra = sum(n * 3 * (layers[k].in_features + layers[k].out_features) * 256
                 for k, n in tokens.items())
     assert costs[4] - costs[1] == pytest.approx(extra)
+
+
+def test_mac_weighted_bits_weighs_layers_by_compute():
+    from torch import nn
+
+    from adatsq.config import WeightSpec
+    from adatsq.eval.cost import mac_weighted_bits
+    from adatsq.quant.qlinear import ActivationQuant, QuantLinear
+
+    big, small = nn.Linear(8, 8), nn.Linear(2, 2)
+    model = nn.Sequential(
+        QuantLinear.from_linear(big, WeightSpec(bits=4), ActivationQuant(bits=(3, 5)), None),
+        QuantLinear.from_linear(small, WeightSpec(bits=4), ActivationQuant(bits=8), None))
+    # 64 MACs at a mean of 4 bits and 4 MACs at 8 bits
+    assert mac_weighted_bits(model, {"0": 1, "1": 1}) == (64 * 4 + 4 * 8) / 68

@@ -62,3 +62,23 @@ def bit_operations(model: nn.Module, tokens: dict[str, int]) -> float:
             rank = layer.lowrank_down.shape[0]
             total += n * rank * (layer.in_features + layer.out_features) * FULL_PRECISION ** 2
     return float(total)
+
+
+def mac_weighted_bits(model: nn.Module, tokens: dict[str, int]) -> float:
+    """Average activation width of the layers named in ``tokens``, each layer weighted by its
+    MACs per call (the compute-weighted counterpart of the plain mean over layers of Eq. 3; a
+    plain ``nn.Linear`` counts at 16 bits).
+
+    Example:
+        >>> bits = nn.Sequential(nn.Linear(4, 2), nn.Linear(2, 2))
+        >>> mac_weighted_bits(bits, {"0": 3, "1": 3})
+        16.0
+    """
+    weighted = total = 0.0
+    for name, n in tokens.items():
+        layer = model.get_submodule(name)
+        macs = n * layer.in_features * layer.out_features
+        a = np.mean(layer.activation.bits) if isinstance(layer, QuantLinear) else FULL_PRECISION
+        weighted += macs * float(a)
+        total += macs
+    return weighted / total

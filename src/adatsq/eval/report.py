@@ -221,7 +221,7 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
             the strongest baseline is chosen on them (:func:`paired_analysis`).
     """
     from adatsq import io
-    from adatsq.eval.cost import bit_operations, layer_tokens
+    from adatsq.eval.cost import bit_operations, layer_tokens, mac_weighted_bits
     from adatsq.eval.figures import run_figures
     from adatsq.pipeline import load_pipeline, quantize_
 
@@ -297,6 +297,7 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
             "fd": task.frechet(images, real),
             "model_bytes": io.model_bytes(pipe.transformer),
             "bops": bit_operations(pipe.transformer, tokens),
+            "a_bits_mac": round(mac_weighted_bits(pipe.transformer, tokens), 4),
             **scored,
             "seconds": round(seconds, 2),
             "granularity": settings.get("granularity"),
