@@ -24,7 +24,7 @@ import torch
 
 from adatsq.eval.report import combine, compare, make_rows, markdown_table, write_json
 
-METHODS = ["rtn", "adatsq", "svdquant", "svdquant_r32", "gptq", "quarot", "vidit_q",
+METHODS = ["rtn", "adatsq", "svdquant", "svdquant_r32", "adatsq_lr", "gptq", "quarot", "vidit_q",
            "smoothquant", "q_dit"]
 """In order of interest: report.json is rewritten after every row, so a cut run keeps the first."""
 ABLATIONS = ["minmax", "+pareto", "+fisher_calib", "+pareto+avg_calib"]
