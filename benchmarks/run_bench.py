@@ -61,6 +61,19 @@ def bench_rows(methods: list[str] | None = None, decomposition: bool = False):
     return rows
 
 
+def fp_calibration_seconds(model: str) -> float:
+    """Wall time of one FP generation of the calibration set (the unit of AdaTSQ's cost)."""
+    from adatsq.config import Recipe
+    from adatsq.pipeline import load_pipeline
+
+    pipe = load_pipeline(model)
+    calib = Recipe().calibration
+    prompts = pipe.calibration_prompts(calib.num_prompts, calib.seed)
+    t0 = time.perf_counter()
+    pipe.generate(prompts, seed=calib.seed)
+    return time.perf_counter() - t0
+
+
 def outliers(model: str, out: Path, prompts: int = 32) -> dict:
     """Channel max / median channel max per layer and step, on calibration prompts."""
     from adatsq.eval.plots import outlier_plot
@@ -110,6 +123,7 @@ def main() -> int:
         size = args.size or EVAL_SIZE.get(model, 100)
         validation = args.validation if args.validation is not None else \
             VALIDATION_SIZE.get(model, 60)
+        unit = fp_calibration_seconds(model)
         outliers(model, out)
         ceiling(model, out, size)
         rows = bench_rows(args.methods.split(",") if args.methods else None,
@@ -118,7 +132,8 @@ def main() -> int:
                          artifact_methods=("adatsq",), validation=validation)
         efficiency_plot(report["rows"], out / "efficiency.png",
                         title=f"{model}: quality against size and compute")
-        write_json({"wall_seconds": time.time() - t0, "rows": len(rows)}, out / "timing.json")
+        write_json({"wall_seconds": time.time() - t0, "rows": len(rows),
+                    "fp_calibration_seconds": unit}, out / "timing.json")
         print(f"## {model}\n\n{markdown_table(report)}\n")
         combine(args.out)
     return 0

@@ -345,16 +345,113 @@ def sweeps_section() -> list[str]:
         out += [f"| {x['guidance_scale']:g} | {x['shift']:g} | {x['total']:.3f} | "
                 f"{x['total_se']:.3f} |" for x in r["rows"]]
         out.append("")
-    t = _load(ROOT / "benchmarks" / "results" / "tau.json")
-    if t:
-        out += ["## Temperature of Fisher-guided calibration (Eq. 6)", "",
-                f"Command: `python benchmarks/bench_tau.py` ({t['bits']}, uniform activation bits, "
-                f"{t['prompts']} selection prompts disjoint from evaluation; tau = inf is uniform "
-                "calibration).", "", "| tau | DigitEval | PSNR dB |", "|---|---|---|"]
-        out += [f"| {'inf' if r['tau'] is None else r['tau']} | {r['digiteval']:.3f} | "
-                f"{r['psnr']:.2f} |" for r in t["rows"]]
-        out.append("")
+    for model in MODELS:
+        out += calibration_section(model)
     return out
+
+
+def calibration_section(model: str) -> list[str]:
+    c = _load(ROOT / "benchmarks" / "results" / f"calibration_{model}.json")
+    if not c:
+        return []
+    out = [f"## Fisher-guided against uniform calibration ({model}, paper Eqs. 6-8)", "",
+           f"Command: `python benchmarks/bench_calibration.py --model {model}` ({c['bits']}, "
+           f"uniform activation bits, {c['prompts']} validation prompts, {c['steps']} steps). "
+           "ΔPSNR: paired per-prompt difference to uniform calibration (QuaRot's GPTQ) with its "
+           "95% interval; N_eff = 1 / Σ_t α_t², median and minimum over layers (uniform: "
+           f"{c['steps']}).", "",
+           "| calibration | Fisher target | tau | mix | N_eff median | N_eff min | total | PSNR | "
+           "ΔPSNR vs uniform [95%] |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in c["rows"]:
+        d = r["psnr_vs_uniform"]
+        n = r.get("n_eff", {})
+        fisher = r["calib"] == "fisher"
+        out.append(f"| {r['calib']} | {r.get('fisher_target', '-')} | "
+                   f"{r['tau'] if fisher else '-'} | {r['mix'] if fisher else '-'} | "
+                   f"{n.get('median', c['steps']):.1f} | {n.get('min', c['steps']):.1f} | "
+                   f"{r['total']:.3f} | {r['psnr']:.2f} | "
+                   f"{d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] |")
+    return out + [""]
+
+
+def rotation_section() -> list[str]:
+    r = _load(ROOT / "runs" / "rotation" / "report.json")
+    if not r:
+        return []
+    out = ["## Rotation: none, Hadamard H, randomized Hadamard DH", "",
+           "Command: `python benchmarks/rotation_error.py` (inputs of every quantizable layer "
+           f"during the FP generation of {r['prompts']} calibration prompts, every step; "
+           "per-token asymmetric MinMax; error ||Q(xR)Rᵀ - x||² / ||x||², median over layers; "
+           "best: layers where that rotation has the least error).", "",
+           "| model | bits | none | H | DH | best none / H / DH |", "|---|---|---|---|---|---|"]
+    for model, res in r["models"].items():
+        for b in r["bits"]:
+            m = {k: res["summary"][f"{k}@{b}"] for k in ("none", "H", "DH")}
+            out.append(f"| {model} | {b} | {m['none']['median']:.4f} | {m['H']['median']:.4f} | "
+                       f"{m['DH']['median']:.4f} | {m['none']['best_layers']} / "
+                       f"{m['H']['best_layers']} / {m['DH']['best_layers']} |")
+    return out + ["", "![rotation error](runs/rotation/rotation_error.png)", ""]
+
+
+def step_damage_section() -> list[str]:
+    r = _load(ROOT / "runs" / "step_damage" / "report.json")
+    if not r:
+        return []
+    out = ["## Step loss against the damage of quantizing one step", "",
+           f"Command: `python benchmarks/step_damage.py --model {r['model']}` ({r['bits']}, "
+           f"{r['prompts']} prompts, CFG {r['cfg_scale']:g}). Damage of step t: final-sample MSE "
+           "to FP when only step t is quantized; Spearman rank correlation over the steps of "
+           "each step loss with it.", "", "| step loss | Spearman with damage |", "|---|---|"]
+    out += [f"| {k} | {v:+.3f} |" for k, v in r["spearman"].items()]
+    return out + ["", "![step damage](runs/step_damage/step_damage.png)", ""]
+
+
+def selection_section() -> list[str]:
+    files = sorted((ROOT / "runs" / "selection").glob("*.json"))
+    if not files:
+        return []
+    out = ["## End-to-end selection against the test set", "",
+           "Command: `python benchmarks/selection_check.py --model <model> --bits <bits>`: every "
+           "path the selection tried, scored on the selection prompts and on test prompts; "
+           "Spearman rank correlation over the paths, and the test rank of the chosen path "
+           "(1 = best).", "",
+           "| model | bits | paths | test prompts | selection task ~ test total | "
+           "selection PSNR ~ test PSNR | chosen: rank by test total | by test PSNR |",
+           "|---|---|---|---|---|---|---|---|"]
+    for f in files:
+        r = _load(f)
+        rho = r["spearman"]
+        cell = lambda k: f"{rho[k]:+.2f}" if k in rho else "-"  # noqa: E731
+        out.append(f"| {r['model']} | {r['bits']} | {len(r['rows'])} | {r['test_prompts']} | "
+                   f"{cell('selection_task ~ test_total')} | "
+                   f"{cell('selection_psnr ~ test_psnr')} | "
+                   f"{r['chosen_test_rank']['test_total']} | "
+                   f"{r['chosen_test_rank']['test_psnr']} |")
+    return out + [""]
+
+
+def cost_section() -> list[str]:
+    out = ["## Cost of AdaTSQ by phase", "",
+           "From `make bench` (the `phases` of each AdaTSQ row, seconds on 2 cores; the FP "
+           "generation of the calibration set is the unit of the last column).", "",
+           "| model | row | capture | Fisher | FP velocity | step losses | selection FP | "
+           "selection | total s | × FP generation |", "|---|---|---|---|---|---|---|---|---|---|"]
+    found = False
+    for model in MODELS:
+        report = _load(BENCH / model / "report.json")
+        timing = _load(BENCH / model / "timing.json") or {}
+        unit = timing.get("fp_calibration_seconds")
+        for row in (report or {}).get("rows", []):
+            if row["method"] != "adatsq" or "phases" not in row:
+                continue
+            found = True
+            p = row["phases"]
+            cells = [f"{p.get(k, 0.0):.1f}" for k in ("capture", "fisher", "fp_velocity",
+                                                     "step_losses", "selection_fp", "selection")]
+            ratio = f"{row['seconds'] / unit:.1f}" if unit else "-"
+            out.append(f"| {model} | {row['label']} | " + " | ".join(cells) +
+                       f" | {row['seconds']:.1f} | {ratio} |")
+    return out + [""] if found else []
 
 
 def search_section() -> list[str]:
@@ -401,7 +498,8 @@ def main() -> int:
     sections.append(classifier_section(BENCH / "flux-digits"))
     for model in MODELS:
         sections += [table_section(model), outlier_section(BENCH / model)]
-    sections += [massive_section(), demo_section(), sweeps_section(), gptq_section(),
+    sections += [massive_section(), demo_section(), sweeps_section(), rotation_section(),
+                 step_damage_section(), selection_section(), cost_section(), gptq_section(),
                  search_section()]
     for section in sections:
         lines += section
