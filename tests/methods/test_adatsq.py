@@ -213,3 +213,19 @@ def test_lowrank_variant_is_exact_before_quantization_and_saves(calibrated, tmp_
     loaded, _ = load_artifact(tmp_path / "lr")
     want = quantized.generate(PROMPTS[:2], seed=1)
     assert torch.equal(loaded.generate(PROMPTS[:2], seed=1), want)
+
+
+def test_figures_of_a_searched_policy(calibrated, tmp_path):
+    """Fisher heatmap, bit map, Pareto plot and the Fig. 5 error curves are all written."""
+    from adatsq.eval.figures import run_figures
+
+    pipe, stats = calibrated
+    fp = fresh_copy(pipe)
+    quantized = fresh_copy(pipe)
+    recipe = Recipe(method="adatsq", weights=WeightSpec(bits=3), activations=ActivationSpec(
+        bits=3), options=SMALL)
+    policy = quantize_(quantized, recipe, progress=False, stats=stats)
+    written = run_figures(policy, stats, fp.transformer, tmp_path)
+    names = {p.name for p in written}
+    assert {"fisher.png", "bitmap.png", "pareto.png", "calibration_error.png"} <= names
+    assert all(p.stat().st_size > 1000 for p in written)

@@ -116,18 +116,21 @@ def bit_map(layers: list[str], bits: np.ndarray, path: str | Path, title: str) -
 
 
 def pareto_plot(search: dict, path: str | Path, title: str) -> Path:
-    """The final beam (mean bits vs total step MSE), the budget and the chosen path."""
+    """The final beam (mean bits vs total step MSE), the paths tried end to end (the feasible
+    survivors after spending what they left of the budget), the budget and the chosen path."""
     s = search["survivors"]
     bits, loss = np.array(s["mean_bits"]), np.array(s["total_loss"])
     feasible = np.array(s["feasible"], dtype=bool)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.scatter(bits[~feasible], loss[~feasible], c="0.6", s=18, label="over budget")
     ax.scatter(bits[feasible], loss[feasible], c="tab:blue", s=18, label="feasible survivors")
-    tried = np.array(search["tried"], dtype=int)
-    ax.scatter(bits[tried], loss[tried], facecolors="none", edgecolors="tab:orange", s=70,
-               label="tried end to end")
+    tried_bits = np.array(search["tried"]["mean_bits"])
+    tried_loss = np.array(search["tried"]["total_loss"])
+    ax.scatter(tried_bits, tried_loss, facecolors="none", edgecolors="tab:orange", s=70,
+               label="tried end to end (budget filled)")
     best = search["chosen"]
-    ax.scatter([bits[best]], [loss[best]], marker="*", c="tab:red", s=200, label="chosen")
+    ax.scatter([tried_bits[best]], [tried_loss[best]], marker="*", c="tab:red", s=200,
+               label="chosen")
     ax.axvline(search["budget"], color="k", ls="--", lw=1, label=f"budget {search['budget']:g}")
     ax.set_xlabel("mean activation bits of the path")
     ax.set_ylabel("cumulative step MSE (Eq. 4)")
