@@ -54,7 +54,7 @@ def _trajectory(pipe, prompts) -> tuple[list[torch.Tensor], list[torch.Tensor], 
         latents.append(x.clone())
         sigmas.append(sigma.clone())
 
-    images = pipe.generate(prompts, seed=SEED, callback=record)
+    images = pipe.generate(prompts, seed=SEED, callback=record, batch_size=len(prompts))
     return latents, sigmas, images
 
 

@@ -33,7 +33,10 @@ from adatsq.quant.primitives import FULL_PRECISION, pack_codes, unpack_codes
 from adatsq.quant.qlinear import ActivationQuant, QuantLinear
 
 FORMAT = "adatsq-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version written; 2 adds randomized rotations (``rotation_signs``). Versions in
+:data:`READABLE_VERSIONS` load."""
+READABLE_VERSIONS = (1, 2)
 STORAGE_DTYPE = torch.float16
 _OPTIONAL = ("bias", "smooth", "rotation_signs", "lowrank_down", "lowrank_up", "static_ranges")
 
@@ -126,8 +129,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         manifest = json.loads((path / "manifest.json").read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path}/manifest.json is corrupt ({exc.msg})") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path} is not a version-{FORMAT_VERSION} adatsq artifact")
+    if manifest.get("format") != FORMAT or manifest.get("version") not in READABLE_VERSIONS:
+        raise ArtifactError(f"{path} is not an adatsq artifact of a version this adatsq reads "
+                            f"({', '.join(map(str, READABLE_VERSIONS))}); re-create it with "
+                            "'adatsq quantize'")
     return manifest
 
 

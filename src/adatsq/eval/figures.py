@@ -19,21 +19,23 @@ from adatsq.eval import plots
 
 
 def calibration_error_curves(stats, layer: str, weight: torch.Tensor, alpha: np.ndarray,
-                             bits: int = 3) -> dict[str, np.ndarray]:
-    """Per-step error ``||W X_t - Q X_t||² / rows`` of GPTQ under uniform and Fisher weights."""
+                             bits: int = 3, signs: torch.Tensor | None = None,
+                             ) -> dict[str, np.ndarray]:
+    """Per-step error ``||W X_t - Q X_t||² / rows`` of GPTQ under uniform and Fisher weights, in
+    the rotated basis AdaTSQ quantizes in (``signs``: its random signs, None: plain Hadamard)."""
     from adatsq.calib.gptq import gptq_quantize, hessian_error
     from adatsq.quant.primitives import WeightQuantizer
     from adatsq.quant.rotation import rotate, rotate_hessian
 
-    W = rotate(weight.detach().double()).float()
+    W = rotate(weight.detach().double(), signs).float()
     H_t = stats.hessian[layer] / stats.rows[layer].clamp_min(1)[:, None, None]  # (T, d, d)
     curves = {}
     for label, w in (("uniform calibration", None),
                      ("Fisher-guided calibration", torch.tensor(alpha, dtype=torch.float32))):
-        H = rotate_hessian(stats.hessian_sum(layer, w).double()).float()
+        H = rotate_hessian(stats.hessian_sum(layer, w).double(), signs).float()
         Q = gptq_quantize(W, H, WeightQuantizer(bits)).weight
-        curves[label] = np.array([float(hessian_error(W, Q, rotate_hessian(h.double()).float()))
-                                  for h in H_t])
+        curves[label] = np.array([float(hessian_error(
+            W, Q, rotate_hessian(h.double(), signs).float())) for h in H_t])
     return curves
 
 
@@ -69,8 +71,16 @@ def run_figures(policy, stats, fp_model, out_dir: str | Path, prefix: str = "") 
         spread = scores.max(axis=1) / np.maximum(scores.mean(axis=1), 1e-30)
         li = int(np.argmax(spread))  # the layer whose sensitivity varies most over time
         layer = f["layers"][li]
-        curves = calibration_error_curves(stats, layer, fp_model.get_submodule(layer).weight,
-                                          np.array(settings["alpha"][layer]))
+        weight = fp_model.get_submodule(layer).weight
+        recipe = policy.recipe or {}
+        signs = None
+        if recipe.get("options", {}).get("random_signs", True):
+            from adatsq.quant.rotation import random_signs
+
+            signs = random_signs(weight.shape[1], recipe.get("calibration", {}).get("seed", 1),
+                                 layer)
+        curves = calibration_error_curves(stats, layer, weight,
+                                          np.array(settings["alpha"][layer]), signs=signs)
         written.append(plots.error_over_timesteps(
             curves, sigmas, out_dir / f"{prefix}calibration_error.png",
             title=f"{policy.model}: 3-bit weight error of {layer} per step", fisher=scores[li]))

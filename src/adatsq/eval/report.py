@@ -245,7 +245,7 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
     for row in rows:
         pipe = load_pipeline(model)
         steps_used = steps or pipe.default_steps
-        seconds = 0.0
+        seconds = capture_seconds = 0.0
         if row.recipe is not None:
             recipe = row.recipe
             if recipe.calibration.steps is None and steps is not None:
@@ -312,9 +312,11 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
             n_eff = np.array(list(settings["effective_steps"].values()))
             entry["effective_steps"] = {"min": float(n_eff.min()),
                                         "median": float(np.median(n_eff))}
-        for key in ("group_sizes", "lowrank_ranks", "phases"):
+        for key in ("group_sizes", "lowrank_ranks"):
             if key in settings:
                 entry[key] = settings[key]
+        if "phases" in settings:  # the shared capture is timed here, not inside quantize_
+            entry["phases"] = {**settings["phases"], "capture": capture_seconds}
         if row.recipe is not None and row.recipe.options:
             entry["options"] = row.recipe.options
         report_rows.append(entry)

@@ -125,6 +125,7 @@ class AdaTSQOptions(MethodOptions):
                              f"{self.step_loss!r}")
         if not 0.0 <= self.mix <= 1.0:
             raise ValueError(f"mix must be in [0, 1], got {self.mix}")
+        self.candidate_config  # noqa: B018 (validates bit_choices, num_clusters, reach)
         if self.keep not in ("origin", "lagrangian"):
             raise ValueError(f"keep must be 'origin' or 'lagrangian', got {self.keep!r}")
         if not self.tau > 0 or self.extra_bits < 0:
@@ -133,6 +134,11 @@ class AdaTSQOptions(MethodOptions):
                   "select_paths"):
             if getattr(self, n) <= 0:
                 raise ValueError(f"{n} must be positive")
+
+    @property
+    def candidate_config(self) -> CandidateConfig:
+        return CandidateConfig(bit_choices=self.bit_choices, num_candidates=self.num_candidates,
+                               num_clusters=self.num_clusters, reach=self.reach)
 
     @property
     def gptq(self) -> GPTQOptions:
@@ -245,8 +251,7 @@ class AdaTSQ(Method):
             return settings
         fisher = self.fisher.scores  # (L, T), layers in the same order as ``layers``
         budget = self.recipe.activations.bits + o.extra_bits
-        config = CandidateConfig(bit_choices=o.bit_choices, num_candidates=o.num_candidates,
-                                 num_clusters=o.num_clusters, reach=o.reach)
+        config = o.candidate_config
         candidates = [generate_candidates(fisher[:, t], config, budget=budget)
                       for t in range(stats.steps)]
         with self._phase("step_losses"):
@@ -260,10 +265,11 @@ class AdaTSQ(Method):
         # every feasible survivor spends what it leaves of the budget; distinct ones are tried,
         # least loss first
         steps = np.arange(stats.steps)
+        sizes = np.array([len(c.avg_bits) for c in candidates])  # (T,) before padding
         filled = {}
         for i in np.flatnonzero(result.feasible):
-            path = fill_budget(result.paths[i], avg_bits, loss_tm, budget)
-            filled.setdefault(tuple(path.tolist()), path)
+            path = np.minimum(fill_budget(result.paths[i], avg_bits, loss_tm, budget), sizes - 1)
+            filled.setdefault(tuple(path.tolist()), path)  # padded copies are the same path
         paths = sorted(filled.values(), key=lambda p: loss_tm[steps, p].sum())[: o.select_paths]
         with self._phase("selection"):
             scores = self._select(pipeline, stats, layers, candidates, paths)
