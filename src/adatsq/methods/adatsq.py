@@ -93,8 +93,8 @@ class AdaTSQOptions(MethodOptions):
 
     pareto: bool = True
     calib: str = "fisher"
-    tau: float = 1.0
-    mix: float = 0.0
+    tau: float = 10.0  # chosen on validation (bench_calibration.py; tau 1 collapses, N_eff 1)
+    mix: float = 0.5
     fisher_target: str = "velocity"
     extra_bits: float = 0.1
     bit_choices: tuple[int, ...] = (3, 4, 8)
