@@ -31,7 +31,7 @@ from tqdm import tqdm
 from adatsq.config import ActivationSpec, Recipe, WeightSpec
 from adatsq.eval.plots import step_damage_plot
 from adatsq.eval.report import environment, write_json
-from adatsq.models.sampling import guided_velocity
+from adatsq.models.sampling import guidance_batch, guided_velocity
 from adatsq.pipeline import load_pipeline, quantize_
 from adatsq.quant.qlinear import QuantLinear
 
@@ -83,6 +83,7 @@ def main() -> int:
     q_latents, _, _ = _trajectory(pipe, prompts)
 
     cond, null, cfg = pipe.encode(prompts), pipe.null_conditioning(), pipe.cfg_scale
+    batches = {s: guidance_batch(cond, null, s) for s in (1.0, cfg)}
     losses = {f"{kind}, {where}": np.zeros(T) for kind in ("conditional", "guided")
               for where in ("FP trajectory", "quantized trajectory")}
     with torch.no_grad():
@@ -93,8 +94,8 @@ def main() -> int:
                     v = {}
                     for bits in (FP, A):
                         _set_bits(layers, bits)
-                        v[bits] = guided_velocity(pipe.adapter, pipe.transformer, z, cond,
-                                                  null, sigmas[t], scale)
+                        v[bits] = guided_velocity(pipe.adapter, pipe.transformer, z,
+                                                  batches[scale], sigmas[t], scale)
                     losses[f"{kind}, {where}"][t] = float((v[A] - v[FP]).square().mean())
     damage = np.zeros(T)
     for t in tqdm(range(T), desc="damage per step"):

@@ -48,7 +48,7 @@ from adatsq.config import MethodOptions
 from adatsq.eval.fidelity import psnr_per_image
 from adatsq.eval.paired import paired_difference
 from adatsq.methods.base import GPTQOptions, Method, register, rotated_layer
-from adatsq.models.sampling import guided_velocity
+from adatsq.models.sampling import guidance_batch, guided_velocity
 from adatsq.quant.lowrank import proportional_rank
 from adatsq.quant.primitives import FULL_PRECISION
 from adatsq.search.candidates import CandidateConfig, generate_candidates
@@ -210,6 +210,7 @@ class AdaTSQ(Method):
             self.alpha = dict(zip(self.fisher.layers, alpha))
         # FP velocities along the calibration trajectory, for the step losses of Eq. 2
         self.fp_out = None
+        self._batch = None
         if self.search:
             self.cfg = self._cfg(pipeline)
             key = ("fp_out", self.cfg, o.step_loss, o.step_prompts)
@@ -308,13 +309,15 @@ class AdaTSQ(Method):
         """The velocity at step ``t`` of the calibration trajectory that the step loss compares:
         the guided one (CFG) or the conditional one, per ``step_loss``."""
         B = min(self.options.step_prompts, stats.latents.shape[1])
+        scale = self.cfg if self.options.step_loss == "guided" else 1.0
+        if self._batch is None:  # built once for every step and candidate
+            cond = {k: v[:B] for k, v in stats.cond.items()}
+            self._batch = guidance_batch(cond, pipeline.null_conditioning() if scale != 1.0
+                                         else None, scale)
         sigma = torch.full((B,), float(stats.sigmas[t]))
-        cond = {k: v[:B] for k, v in stats.cond.items()}
-        guided = self.options.step_loss == "guided" and self.cfg != 1.0
         with torch.no_grad():
             return guided_velocity(pipeline.adapter, pipeline.transformer, stats.latents[t, :B],
-                                   cond, pipeline.null_conditioning() if guided else None,
-                                   sigma, self.cfg if guided else 1.0)
+                                   self._batch, sigma, scale)
 
     def _step_losses(self, pipeline, stats, layers, candidates) -> list[np.ndarray]:
         """Eq. 2 for every candidate of every step: MSE of the quantized vs FP velocity at

@@ -53,24 +53,31 @@ def _cat(a: Conditioning, b: Conditioning) -> Conditioning:
     return {k: torch.cat([a[k], b[k]]) for k in b}
 
 
-def guided_velocity(adapter: Adapter, model: nn.Module, x: torch.Tensor, cond: Conditioning,
-                    uncond: Conditioning | None, sigma: torch.Tensor,
-                    guidance_scale: float = 1.0) -> torch.Tensor:
+def guidance_batch(cond: Conditioning, uncond: Conditioning | None,
+                   guidance_scale: float) -> Conditioning:
+    """The conditioning :func:`guided_velocity` takes: ``cond`` (B) itself without guidance,
+    else the empty prompt's (batch 1 or B, broadcast to B) stacked on it (2B). Built once per
+    batch, not per step."""
+    if guidance_scale == 1.0:
+        return cond
+    if uncond is None:
+        raise ValueError("classifier-free guidance needs the unconditional conditioning")
+    b = next(iter(cond.values())).shape[0]
+    return _cat({k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}, cond)
+
+
+def guided_velocity(adapter: Adapter, model: nn.Module, x: torch.Tensor, batch: Conditioning,
+                    sigma: torch.Tensor, guidance_scale: float = 1.0) -> torch.Tensor:
     """The velocity sampling integrates at ``x`` (B, ...): ``v_u + s (v_c - v_u)`` with
     classifier-free guidance (one batched call), the conditional ``v_c`` when ``s == 1``.
 
     Args:
-        uncond: conditioning of the empty prompt (batch 1 or B); needed unless
-            ``guidance_scale == 1``.
+        batch: :func:`guidance_batch` of the conditioning for this ``guidance_scale``.
         sigma: (B,) noise level of every sample.
     """
     if guidance_scale == 1.0:
-        return adapter.denoise(model, x, cond, sigma)
-    if uncond is None:
-        raise ValueError("classifier-free guidance needs the unconditional conditioning")
-    b = x.shape[0]
-    uncond = {k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}
-    v = adapter.denoise(model, torch.cat([x, x]), _cat(uncond, cond), torch.cat([sigma, sigma]))
+        return adapter.denoise(model, x, batch, sigma)
+    v = adapter.denoise(model, torch.cat([x, x]), batch, torch.cat([sigma, sigma]))
     v_uncond, v_cond = v.chunk(2)
     return v_uncond + guidance_scale * (v_cond - v_uncond)
 
@@ -91,13 +98,12 @@ def sample(adapter: Adapter, model: nn.Module, noise: torch.Tensor, cond: Condit
     scheduler = make_scheduler(steps, shift, spacing)
     x = noise
     b = x.shape[0]
-    if guidance_scale != 1.0 and uncond is None:
-        raise ValueError("classifier-free guidance needs the unconditional conditioning")
+    batch = guidance_batch(cond, uncond, guidance_scale)
     label = progress if isinstance(progress, str) else "sampling"
     for i, t in enumerate(tqdm(scheduler.timesteps, desc=label, disable=not progress, leave=False)):
         sigma = torch.full((b,), float(t) / 1000.0)
         if callback is not None:
             callback(i, sigma, x)
-        v = guided_velocity(adapter, model, x, cond, uncond, sigma, guidance_scale)
+        v = guided_velocity(adapter, model, x, batch, sigma, guidance_scale)
         x = scheduler.step(v, t, x, return_dict=False)[0]
     return x
