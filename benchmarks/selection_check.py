@@ -76,8 +76,10 @@ def main() -> int:
         for sel in ("selection_task", "selection_psnr", "step_loss"):
             for test_key in ("test_total", "test_psnr"):
                 sign = -1.0 if sel == "step_loss" else 1.0  # lower loss should mean better
-                rho[f"{sel} ~ {test_key}"] = float(spearmanr(sign * column[sel],
-                                                             column[test_key]).statistic)
+                x, y = sign * column[sel], column[test_key]
+                # a constant column (a saturated metric) has no rank correlation
+                rho[f"{sel} ~ {test_key}"] = (float(spearmanr(x, y).statistic)
+                                              if np.ptp(x) > 0 and np.ptp(y) > 0 else None)
     chosen = search["chosen"]
     report = {"environment": environment(SEED), "model": args.model, "bits": args.bits,
               "test_prompts": len(test.prompts), "rows": rows, "chosen": chosen,

@@ -421,7 +421,10 @@ def selection_section() -> list[str]:
     for f in files:
         r = _load(f)
         rho = r["spearman"]
-        cell = lambda k: f"{rho[k]:+.2f}" if k in rho else "-"  # noqa: E731
+
+        def cell(k: str) -> str:  # None: a constant column (a saturated metric)
+            return f"{rho[k]:+.2f}" if rho.get(k) is not None else "n/a (constant)"
+
         out.append(f"| {r['model']} | {r['bits']} | {len(r['rows'])} | {r['test_prompts']} | "
                    f"{cell('selection_task ~ test_total')} | "
                    f"{cell('selection_psnr ~ test_psnr')} | "

@@ -86,6 +86,24 @@ def test_adatsq_meets_the_budget_with_dynamic_bits(calibrated, bits):
     assert torch.isfinite(pipe.generate(PROMPTS[:2], seed=0)).all()
 
 
+def test_step_weightings_pool_distinct_paths(calibrated):
+    """One beam search per step weighting: the selection tries the best path of each, once."""
+    _, stats = calibrated
+    tried = {}
+    for weights in [(0.0,), (2.0,), (0.0, 2.0)]:
+        recipe = Recipe(method="adatsq", weights=WeightSpec(bits=3),
+                        activations=ActivationSpec(bits=3),
+                        options={**SMALL, "select_paths": 8, "loss_weights": weights})
+        policy = quantize_(fresh_copy(calibrated[0]), recipe, progress=False, stats=stats)
+        tried[weights] = policy.settings["search"]["tried"]
+    pooled = tried[(0.0, 2.0)]
+    assert len({tuple(p) for p in pooled["paths"]}) == len(pooled["paths"])
+    assert pooled["paths"][0] == tried[(0.0,)]["paths"][0]
+    assert tried[(2.0,)]["paths"][0] in pooled["paths"][:2]
+    assert set(pooled["loss_weight"]) <= {0.0, 2.0}
+    assert len(pooled["paths"]) >= max(len(tried[(0.0,)]["paths"]), len(tried[(2.0,)]["paths"]))
+
+
 def test_ablation_without_pareto_keeps_uniform_bits(calibrated):
     pipe = fresh_copy(calibrated[0])
     _, stats = calibrated
@@ -117,6 +135,8 @@ def test_bad_options_are_refused():
         Recipe(method="adatsq", options={"calib": "magic"})
     with pytest.raises(ValueError, match="unknown key"):
         Recipe(method="adatsq", options={"temperature": 1.0})
+    with pytest.raises(ValueError, match="loss_weights"):
+        Recipe(method="adatsq", options={"loss_weights": ()})
 
 
 def test_mixture_keeps_effective_steps(fisher):

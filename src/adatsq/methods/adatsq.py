@@ -14,8 +14,11 @@ Source: the AdaTSQ paper (Sec. 3). The flow, one step each:
    (Eq. 2) between the FP and the quantized model's velocity at ``z_t``: the guided velocity
    ``v_u + s (v_c - v_u)`` that sampling integrates (``step_loss="guided"``, with the
    pipeline's CFG scale ``s``) or the conditional one (``"conditional"``, Eq. 2 literally);
-5. *beam search* (Eqs. 3-5, :mod:`adatsq.search.pareto`) under ``B_target = bits + extra_bits``;
-   every surviving path then spends what it leaves of the budget (:func:`fill_budget`);
+5. *beam search* (Eqs. 3-5, :mod:`adatsq.search.pareto`) under ``B_target = bits + extra_bits``,
+   once per step weighting ``(Δσ_t)^γ`` of the losses (``loss_weights``; γ = 0 is Eq. 3 as
+   printed, γ = 2 the squared error a step adds to the latent); every surviving path then
+   spends what it leaves of the budget (:func:`fill_budget`), and the distinct ones of all
+   weightings are pooled, so that the selection chooses among diverse paths;
 6. *selection* (Sec. 3.2.4): the surviving paths generate a batch of selection prompts (disjoint
    from evaluation); among the paths whose task metric (DigitEval for the embedded models, or a
    user's metric passed to :func:`adatsq.pipeline.quantize_`) is not significantly below the
@@ -77,6 +80,8 @@ class AdaTSQOptions(MethodOptions):
         num_clusters: sensitivity groups per step.
         reach: candidates spend at most ``B_target + reach`` bits on average.
         step_loss: ``"guided"`` (the CFG velocity sampling uses) or ``"conditional"``.
+        loss_weights: exponents ``γ`` of the step size ``Δσ_t = σ_t - σ_{t+1}`` that weight the
+            step losses; one beam search per exponent, the selection chooses among all.
         keep: frontier truncation rule, ``"origin"`` (the paper's) or ``"lagrangian"``.
         fisher_prompts: calibration prompts of the Fisher estimate.
         step_prompts: calibration prompts (the first of the calibration batch) whose
@@ -102,11 +107,12 @@ class AdaTSQOptions(MethodOptions):
     num_clusters: int = 32
     reach: float = 1.0
     step_loss: str = "guided"
+    loss_weights: tuple[float, ...] = (0.0, 1.0, 2.0)
     keep: str = "lagrangian"
     fisher_prompts: int = 16
     step_prompts: int = 16
     select_prompts: int = 24
-    select_paths: int = 8
+    select_paths: int = 4
     lowrank: bool = False
     random_signs: bool = True
     block_size: int = 128
@@ -115,6 +121,9 @@ class AdaTSQOptions(MethodOptions):
 
     def __post_init__(self):
         object.__setattr__(self, "bit_choices", tuple(self.bit_choices))
+        object.__setattr__(self, "loss_weights", tuple(float(g) for g in self.loss_weights))
+        if not self.loss_weights:
+            raise ValueError("loss_weights needs at least one exponent (0: Eq. 3 as printed)")
         if self.calib not in CALIBRATIONS:
             raise ValueError(f"calib must be one of {', '.join(CALIBRATIONS)}, got {self.calib!r}")
         if self.fisher_target not in TARGETS:
@@ -261,17 +270,28 @@ class AdaTSQ(Method):
         avg_bits = np.stack([np.pad(c.avg_bits, (0, M - len(c.avg_bits)), mode="edge")
                              for c in candidates])  # (T, M)
         loss_tm = np.stack([np.pad(x, (0, M - len(x)), mode="edge") for x in losses])  # (T, M)
-        result = beam_search(avg_bits, loss_tm, beam_width=o.num_candidates, budget=budget,
-                             keep=o.keep)
-        # every feasible survivor spends what it leaves of the budget; distinct ones are tried,
-        # least loss first
         steps = np.arange(stats.steps)
         sizes = np.array([len(c.avg_bits) for c in candidates])  # (T,) before padding
-        filled = {}
-        for i in np.flatnonzero(result.feasible):
-            path = np.minimum(fill_budget(result.paths[i], avg_bits, loss_tm, budget), sizes - 1)
-            filled.setdefault(tuple(path.tolist()), path)  # padded copies are the same path
-        paths = sorted(filled.values(), key=lambda p: loss_tm[steps, p].sum())[: o.select_paths]
+        pooled, results = {}, []
+        for g, weight in zip(o.loss_weights, step_weights(stats.sigmas, o.loss_weights)):
+            weighted = loss_tm * weight[:, None]
+            result = beam_search(avg_bits, weighted, beam_width=o.num_candidates, budget=budget,
+                                 keep=o.keep)
+            results.append(result)
+            # every feasible survivor spends what it leaves of the budget (padded copies and
+            # fills that meet are one path), least weighted loss first
+            filled = {}
+            for i in np.flatnonzero(result.feasible):
+                path = np.minimum(fill_budget(result.paths[i], avg_bits, weighted, budget),
+                                  sizes - 1)
+                filled.setdefault(tuple(path.tolist()), path)
+            ranked = sorted(filled.values(), key=lambda p: weighted[steps, p].sum())
+            for rank, path in enumerate(ranked):
+                pooled.setdefault(tuple(path.tolist()), (rank, len(results) - 1, g, path))
+        # the best of every weighting first, then the second best of each, ...
+        order = sorted(pooled.values(), key=lambda x: x[:2])[: o.select_paths]
+        paths = [x[3] for x in order]
+        result = results[0]
         with self._phase("selection"):
             scores = self._select(pipeline, stats, layers, candidates, paths)
         chosen = select_path([s[0] for s in scores], [s[1] for s in scores])
@@ -287,6 +307,7 @@ class AdaTSQ(Method):
                           "total_loss": result.total_loss.tolist(),
                           "feasible": result.feasible.tolist()},
             "tried": {"paths": [p.tolist() for p in paths], "mean_bits": mean_bits,
+                      "loss_weight": [x[2] for x in order],
                       "total_loss": [float(loss_tm[steps, p].sum()) for p in paths]},
             "selection_scores": [[_mean(t), float(np.mean(f))] for t, f in scores],
             "chosen": chosen, "path": path.tolist()}
@@ -357,6 +378,24 @@ class AdaTSQ(Method):
             metric = task(images) if task is not None else fidelity
             scores.append((np.asarray(metric, dtype=np.float64), fidelity))
         return scores
+
+
+def step_weights(sigmas, exponents) -> np.ndarray:
+    """Step-loss weights ``(Δσ_t / mean Δσ)^γ`` per exponent ``γ``: (G, T).
+
+    ``Δσ_t = σ_t - σ_{t+1}`` (``σ_T = 0``) is the size of step ``t`` of the Euler sampler, so
+    ``Δσ_t² · MSE_t`` is the squared error a quantized velocity adds to the latent at that step.
+
+    Example:
+        >>> step_weights([1.0, 0.75, 0.25], [0.0, 2.0]).tolist()
+        [[1.0, 1.0, 1.0], [0.5625, 2.25, 0.5625]]
+    """
+    s = np.asarray(sigmas, dtype=np.float64)
+    d = s - np.append(s[1:], 0.0)
+    if (d <= 0).any():
+        raise ValueError("the step sigmas must decrease to above 0")
+    d = d / d.mean()
+    return np.stack([d ** float(g) for g in exponents])
 
 
 def _mean(x) -> float:
