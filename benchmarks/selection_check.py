@@ -5,7 +5,7 @@ task metric and PSNR to FP on the selection prompts), then samples the test prom
 them and scores them the same way (the bench's seed 0). Reports the Spearman rank correlation
 between selection and test scores over the tried paths and where the chosen path ranks on the
 test set. The test prompts judge the rule here; nothing is tuned on them.
-Writes runs/selection/<model>_<bits>.json.
+Writes runs/selection/<model>_<bits>.json and .png.
 
     python benchmarks/selection_check.py --model flux-digits --bits W3A3 --size 20
 """
@@ -22,6 +22,7 @@ import torch
 from scipy.stats import spearmanr
 
 from adatsq.config import ActivationSpec, Recipe, WeightSpec
+from adatsq.eval.plots import selection_plot
 from adatsq.eval.report import environment, parse_bits, write_json
 from adatsq.methods import adatsq as adatsq_method
 from adatsq.pipeline import load_pipeline, quantize_
@@ -88,6 +89,7 @@ def main() -> int:
               "spearman": rho, "seconds": time.time() - t0}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(report, args.out / f"{args.model}_{args.bits}.json")
+    selection_plot(report, args.out / f"{args.model}_{args.bits}.png")
     logging.info("Spearman: %s; chosen path ranks %s", rho, report["chosen_test_rank"])
     return 0
 

@@ -319,3 +319,25 @@ def step_damage_plot(report: dict, path: str | Path) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def selection_plot(report: dict, path: str | Path) -> Path:
+    """Every path the end-to-end selection tried: its score on the selection prompts against its
+    score on the test prompts (PSNR, and the task total), the chosen path circled."""
+    rows, chosen = report["rows"], report["chosen"]
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.4))
+    for ax, (sel, test, name) in zip(axes, (("selection_psnr", "test_psnr", "PSNR dB"),
+                                            ("selection_task", "test_total", "task total"))):
+        x, y = [r[sel] for r in rows], [r[test] for r in rows]
+        ax.scatter(x, y, c=[f"C{i}" for i in range(len(rows))], s=30, zorder=2)
+        for i, (xi, yi) in enumerate(zip(x, y)):
+            ax.annotate(str(i), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.scatter([x[chosen]], [y[chosen]], s=160, facecolors="none", edgecolors="k",
+                   label="chosen", zorder=3)
+        ax.set_xlabel(f"selection prompts: {name}", fontsize=8)
+        ax.set_ylabel(f"test prompts: {name}", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{report['model']} {report['bits']}: {len(rows)} paths tried by the selection",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
