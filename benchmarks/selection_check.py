@@ -64,7 +64,8 @@ def main() -> int:
         adatsq_method._set_bits(tried["layers"], bits)
         images = pipe.generate(test.prompts, seed=SEED)
         fidelity = task.fidelity(images, fp)
-        rows.append({"path": i, "mean_bits": search["tried"]["mean_bits"][i],
+        rows.append({"path": i, "loss_weight": search["tried"]["loss_weight"][i],
+                     "mean_bits": search["tried"]["mean_bits"][i],
                      "step_loss": search["tried"]["total_loss"][i],
                      "selection_task": search["selection_scores"][i][0],
                      "selection_psnr": search["selection_scores"][i][1],
