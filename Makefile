@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS ?= flux-digits flux-digits-schnell zimage-digits wan-digits
 
-.PHONY: demo test bench bench-ma lint clean
+.PHONY: demo test test-unit bench bench-ma lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
+
+# the unit core alone (seconds per module; `make test` runs everything)
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_bench.py --models "$(MODELS)" --out runs/bench

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adatsq.bench import VALIDATION_SEED, environment
 from adatsq.calib.capture import CaptureConfig, capture
 from adatsq.config import ActivationSpec, Recipe, WeightSpec
 from adatsq.eval.paired import paired_difference
-from adatsq.eval.report import VALIDATION_SEED, environment, write_json
+from adatsq.files import write_json
 from adatsq.pipeline import load_pipeline, quantize_
 
 TAUS = [0.3, 1.0, 3.0, 10.0]

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from adatsq.eval.report import VALIDATION_SEED, environment, write_json
+from adatsq.bench import VALIDATION_SEED, environment
+from adatsq.files import write_json
+from adatsq.pipeline import load_pipeline
 from adatsq.zoo.pipeline import DigitPipeline
 
 SCALES = [3.0, 5.0, 7.0]
@@ -36,12 +38,12 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     t0 = time.time()
-    base = DigitPipeline.from_zoo(args.model)
+    base = load_pipeline(args.model)
     task = base.task
     prompts, specs = task.calibration_set(args.prompts, VALIDATION_SEED)
     rows = []
     for scale, shift in itertools.product(SCALES, SHIFTS):
-        pipe = DigitPipeline(replace(base.entry, shift=shift), base.transformer)
+        pipe = DigitPipeline(replace(base.entry, shift=shift), base.transformer, task)
         score = task.score(pipe.generate(prompts, seed=VALIDATION_SEED, guidance_scale=scale),
                            specs)
         row = {"guidance_scale": scale, "shift": shift, **score["eval"],

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adatsq.bench import environment
 from adatsq.eval.plots import rotation_error_plot
-from adatsq.eval.report import environment, write_json
+from adatsq.files import write_json
 from adatsq.pipeline import load_pipeline
 from adatsq.quant.primitives import quantize_activation
 from adatsq.quant.rotation import random_signs, rotate

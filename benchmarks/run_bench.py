@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from adatsq.eval.report import combine, compare, make_rows, markdown_table, write_json
+from adatsq.bench import combine, compare, make_rows, markdown_table
+from adatsq.files import write_json
 
 METHODS = ["rtn", "adatsq", "svdquant", "svdquant_r32", "adatsq_lr", "gptq", "quarot", "vidit_q",
            "smoothquant", "q_dit"]
@@ -76,8 +77,8 @@ def fp_calibration_seconds(model: str) -> float:
 
 def outliers(model: str, out: Path, prompts: int = 32) -> dict:
     """Channel max / median channel max per layer and step, on calibration prompts."""
+    from adatsq.bench import activation_outliers
     from adatsq.eval.plots import outlier_plot
-    from adatsq.eval.report import activation_outliers
     from adatsq.pipeline import load_pipeline
 
     pipe = load_pipeline(model)

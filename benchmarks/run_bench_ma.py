@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adatsq.bench import compare, environment, make_rows
 from adatsq.eval.plots import strength_plot
-from adatsq.eval.report import compare, environment, make_rows, write_json
+from adatsq.files import write_json
 
 STRENGTHS = [None, 10, 30, 100]
 METHODS = ["rtn", "adatsq", "svdquant", "svdquant_r32", "gptq", "quarot", "vidit_q",
@@ -37,7 +38,7 @@ def variant(model: str, strength: float | None) -> str:
 
 def outlier_summary(model: str, prompts: int = 8, steps: int | None = None) -> dict:
     """Median and largest channel-max / median-channel-max ratio over layers (max over steps)."""
-    from adatsq.eval.report import activation_outliers
+    from adatsq.bench import activation_outliers
     from adatsq.pipeline import load_pipeline
 
     pipe = load_pipeline(model)

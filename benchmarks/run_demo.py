@@ -14,7 +14,8 @@ import logging
 import time
 from pathlib import Path
 
-from adatsq.eval.report import compare, make_rows, markdown_table, write_json
+from adatsq.bench import compare, make_rows, markdown_table
+from adatsq.files import write_json
 
 DEMO_METHODS = ["fp", "rtn", "svdquant", "adatsq"]
 

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from adatsq.bench import environment, parse_bits
 from adatsq.config import ActivationSpec, Recipe, WeightSpec
 from adatsq.eval.plots import selection_plot
-from adatsq.eval.report import environment, parse_bits, write_json
+from adatsq.files import write_json
 from adatsq.methods import adatsq as adatsq_method
 from adatsq.pipeline import load_pipeline, quantize_
 
@@ -46,7 +47,7 @@ def main() -> int:
     select = adatsq_method.AdaTSQ._select
 
     def spy(self, pipeline, stats, layers, candidates, paths):  # keeps what the rule saw
-        tried["layers"] = layers
+        tried["method"] = self
         tried["bits"] = [adatsq_method._path_bits(candidates, p) for p in paths]
         return select(self, pipeline, stats, layers, candidates, paths)
 
@@ -61,7 +62,7 @@ def main() -> int:
     search = policy.settings["search"]
     rows = []
     for i, bits in enumerate(tried["bits"]):
-        adatsq_method._set_bits(tried["layers"], bits)
+        tried["method"].apply_bits(bits)
         images = pipe.generate(test.prompts, seed=SEED)
         fidelity = task.fidelity(images, fp)
         rows.append({"path": i, "loss_weight": search["tried"]["loss_weight"][i],

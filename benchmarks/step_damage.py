@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,13 @@ import torch
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
+from adatsq.bench import environment
 from adatsq.config import ActivationSpec, Recipe, WeightSpec
 from adatsq.eval.plots import step_damage_plot
-from adatsq.eval.report import environment, write_json
+from adatsq.files import write_json
 from adatsq.models.sampling import guidance_batch, guided_velocity
 from adatsq.pipeline import load_pipeline, quantize_
-from adatsq.quant.qlinear import QuantLinear
+from adatsq.policy import Policy
 
 THREADS = 2
 SEED = 4
@@ -41,9 +41,10 @@ SEED = 4
 from the evaluation prompts (nothing here is tuned)."""
 
 
-def _set_bits(layers: list[QuantLinear], bits) -> None:
-    for layer in layers:
-        layer.activation = replace(layer.activation, bits=bits)
+def _set_bits(policy: Policy, model, bits) -> None:
+    """Every layer at ``bits`` (one width, or one per step), through the policy."""
+    per_step = np.broadcast_to(np.asarray(bits), (policy.steps,))
+    policy.with_activation_bits(np.tile(per_step, (len(policy.layers), 1))).apply_(model)
 
 
 def _trajectory(pipe, prompts) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
@@ -74,12 +75,11 @@ def main() -> int:
     recipe = Recipe(method="adatsq", weights=WeightSpec(bits=16),
                     activations=ActivationSpec(bits=args.bits),
                     options={"pareto": False, "calib": "none"})
-    quantize_(pipe, recipe, progress=False)
-    layers = [m for m in pipe.transformer.modules() if isinstance(m, QuantLinear)]
+    policy = quantize_(pipe, recipe, progress=False)
     T, A, FP = pipe.default_steps, args.bits, 16
-    _set_bits(layers, FP)
+    _set_bits(policy, pipe.transformer, FP)
     fp_latents, sigmas, fp_images = _trajectory(pipe, prompts)
-    _set_bits(layers, A)
+    _set_bits(policy, pipe.transformer, A)
     q_latents, _, _ = _trajectory(pipe, prompts)
 
     cond, null, cfg = pipe.encode(prompts), pipe.null_conditioning(), pipe.cfg_scale
@@ -93,13 +93,13 @@ def main() -> int:
                 for kind, scale in (("conditional", 1.0), ("guided", cfg)):
                     v = {}
                     for bits in (FP, A):
-                        _set_bits(layers, bits)
+                        _set_bits(policy, pipe.transformer, bits)
                         v[bits] = guided_velocity(pipe.adapter, pipe.transformer, z,
                                                   batches[scale], sigmas[t], scale)
                     losses[f"{kind}, {where}"][t] = float((v[A] - v[FP]).square().mean())
     damage = np.zeros(T)
     for t in tqdm(range(T), desc="damage per step"):
-        _set_bits(layers, tuple(A if s == t else FP for s in range(T)))
+        _set_bits(policy, pipe.transformer, tuple(A if s == t else FP for s in range(T)))
         images = pipe.generate(prompts, seed=SEED)
         damage[t] = float((images - fp_images).square().mean())
     rho = {k: float(spearmanr(v, damage).statistic) for k, v in losses.items()}

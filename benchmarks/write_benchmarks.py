@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adatsq.bench import markdown_table, rows_at, verdict_line, verdict_summary
 from adatsq.eval.paired import paired_difference
-from adatsq.eval.report import markdown_table, rows_at, verdict_line, verdict_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "adatsq"
@@ -501,7 +501,7 @@ def search_section() -> list[str]:
 
 
 def combined_section() -> list[str]:
-    from adatsq.eval.report import combine
+    from adatsq.bench import combine
 
     path = combine(BENCH, MODELS)
     if path is None:

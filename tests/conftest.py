@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adatsq.eval.tasks import task_for
 from adatsq.zoo.pipeline import DigitPipeline
 from adatsq.zoo.registry import ZooEntry
 
@@ -29,7 +30,7 @@ def tiny_pipeline():
     entry = tiny_entry()
     torch.manual_seed(0)
     model = entry.build_model().eval().requires_grad_(False)
-    return DigitPipeline(entry, model)
+    return DigitPipeline(entry, model, task_for(entry))
 
 
 PROMPTS = ["a 3", "a red 4", "two 5s", "a 2 to the left of a 9"]
@@ -42,7 +43,8 @@ def calibrated():
 
     entry = tiny_entry()
     torch.manual_seed(0)
-    pipe = DigitPipeline(entry, entry.build_model().eval().requires_grad_(False))
+    pipe = DigitPipeline(entry, entry.build_model().eval().requires_grad_(False),
+                         task_for(entry))
     stats = capture(pipe, PROMPTS, seed=1, config=CaptureConfig(hessian="per_step"),
                     progress=False)
     return pipe, stats
@@ -52,4 +54,4 @@ def fresh_copy(pipe: DigitPipeline) -> DigitPipeline:
     """A pipeline around an unquantized copy of ``pipe``'s transformer."""
     model = pipe.entry.build_model().eval().requires_grad_(False)
     model.load_state_dict(pipe.transformer.state_dict())
-    return DigitPipeline(pipe.entry, model)
+    return DigitPipeline(pipe.entry, model, pipe.task)

@@ -7,7 +7,8 @@ import torch
 
 from adatsq import io
 from adatsq.config import ActivationSpec, Recipe, WeightSpec
-from adatsq.pipeline import attach_tracker, load_artifact, quantize_
+from adatsq.pipeline import attach_tracker, load, quantize_, save
+from adatsq.policy import Policy
 from adatsq.quant.primitives import pack_codes, unpack_codes
 from tests.conftest import PROMPTS, fresh_copy
 
@@ -29,7 +30,7 @@ def saved(request, calibrated, tmp_path_factory):
                     activations=ActivationSpec(bits=3), options=options)
     policy = quantize_(pipe, recipe, progress=False, stats=calibrated[1])
     path = tmp_path_factory.mktemp("artifacts") / request.param
-    io.save(pipe.transformer, policy, path, pipe.source())
+    save(pipe, policy, path)
     return pipe, policy, path
 
 
@@ -42,12 +43,26 @@ def _tiny_registry(monkeypatch, pipe):
 def test_save_load_is_bit_exact(saved, monkeypatch):
     pipe, policy, path = saved
     _tiny_registry(monkeypatch, pipe)
-    loaded, loaded_policy = load_artifact(path)
+    loaded, loaded_policy = load(path)
     assert loaded_policy.to_dict() == json.loads(json.dumps(policy.to_dict()))
     want = pipe.generate(PROMPTS, seed=3)
     got = loaded.generate(PROMPTS, seed=3)
     assert torch.equal(got, want)
     assert io.model_bytes(loaded.transformer) == io.model_bytes(pipe.transformer)
+
+
+def test_a_saved_policy_reapplied_restores_the_outputs(saved, tmp_path):
+    """Bits reach a model only through Policy.apply_: other bits change the outputs, the saved
+    policy read back and applied gives them back bit-exactly."""
+    pipe, policy, _ = saved
+    want = pipe.generate(PROMPTS[:2], seed=5)
+    policy.with_activation_bits(policy.bit_matrix() * 0 + 8).apply_(pipe.transformer)
+    assert not torch.equal(pipe.generate(PROMPTS[:2], seed=5), want)
+    Policy.load(policy.save(tmp_path / "policy.json")).apply_(pipe.transformer)
+    assert torch.equal(pipe.generate(PROMPTS[:2], seed=5), want)
+    with pytest.raises(ValueError, match="not a quantized layer"):
+        Policy(policy.model, policy.method, policy.schedule,
+               {"no.such.layer": next(iter(policy.layers.values()))}).apply_(pipe.transformer)
 
 
 def test_packed_size_is_smaller_than_fp16(saved):
@@ -62,7 +77,7 @@ def test_bits_follow_the_timestep_value_not_a_counter(saved, monkeypatch):
     """The quantized transformer picks each step's bits from the timestep it is called with."""
     pipe, policy, path = saved
     _tiny_registry(monkeypatch, pipe)
-    loaded, _ = load_artifact(path)
+    loaded, _ = load(path)
     model = loaded.transformer
     seen = []
     layer = next(m for m in model.modules() if hasattr(m, "current_bits"))
@@ -74,7 +89,10 @@ def test_bits_follow_the_timestep_value_not_a_counter(saved, monkeypatch):
         loaded.adapter.denoise(model, x, cond, torch.tensor([policy.schedule[t]]))
     handle.remove()
     assert seen == list(reversed(policy.layers[name].activation_bits))
-    attach_tracker(model, loaded.adapter, policy.schedule)  # re-attaching replaces, not stacks
+    hooks = len(model._forward_pre_hooks)
+    tracker = attach_tracker(model, loaded.adapter, policy.schedule)
+    assert len(model._forward_pre_hooks) == hooks  # re-attaching replaces, not stacks
+    assert all(m.tracker is tracker for m in model.modules() if hasattr(m, "current_bits"))
 
 
 def test_corrupt_and_mismatched_artifacts_are_refused(saved, tmp_path, monkeypatch):
@@ -88,20 +106,20 @@ def test_corrupt_and_mismatched_artifacts_are_refused(saved, tmp_path, monkeypat
         fh.seek(200)
         fh.write(b"\x00\x01\x02")
     with pytest.raises(io.ArtifactError, match="checksum"):
-        load_artifact(bad)
+        load(bad)
     shutil.copytree(path, tmp_path / "manifest", dirs_exist_ok=True)
     (tmp_path / "manifest" / "manifest.json").write_text("{not json")
     with pytest.raises(io.ArtifactError, match="corrupt"):
-        load_artifact(tmp_path / "manifest")
+        load(tmp_path / "manifest")
     with pytest.raises(io.ArtifactError, match="no manifest"):
-        load_artifact(tmp_path / "nothing")
+        load(tmp_path / "nothing")
     wrong = tmp_path / "wrong"
     shutil.copytree(path, wrong)
     manifest = json.loads((wrong / "manifest.json").read_text())
     manifest["config"]["num_attention_heads"] = 4
     (wrong / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(io.ArtifactError):
-        load_artifact(wrong)
+        load(wrong)
 
 
 def test_save_writes_nothing_half_done(saved, tmp_path, monkeypatch):
@@ -112,5 +130,5 @@ def test_save_writes_nothing_half_done(saved, tmp_path, monkeypatch):
 
     monkeypatch.setattr(io, "save_file", boom)
     with pytest.raises(OSError):
-        io.save(pipe.transformer, policy, tmp_path / "art", pipe.source())
+        save(pipe, policy, tmp_path / "art")
     assert list(tmp_path.iterdir()) == []

@@ -12,12 +12,18 @@ import logging
 import sys
 from pathlib import Path
 
+from adatsq import io
+from adatsq.bench import compare, make_rows, markdown_table
+from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec
+from adatsq.eval.plots import frame_strips, sample_grid
+from adatsq.io import ArtifactError
+from adatsq.pipeline import load, load_pipeline, quantize_, save
+from adatsq.zoo import registry
+
 EXIT_USAGE = 2
 
 
 def _recipe(args):
-    from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec
-
     if getattr(args, "recipe", None):
         return Recipe.load(args.recipe)
     options = json.loads(args.options) if args.options else {}
@@ -46,8 +52,6 @@ def _settings(args, *names: str) -> dict:
 
 
 def cmd_zoo(args) -> int:
-    from adatsq.zoo import registry
-
     entries = [{"name": e.name, "model_class": e.model_class, "steps": e.steps,
                 "guidance_scale": e.guidance_scale, "trained": e.weights_path().exists(),
                 "description": e.description} for e in registry.ENTRIES.values()]
@@ -61,13 +65,10 @@ def cmd_zoo(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from adatsq.eval.plots import frame_strips, sample_grid
-    from adatsq.pipeline import load_artifact, load_pipeline
-
     prompts = _read_prompts(args)
     settings = _settings(args, "height", "width", "frames")
     if args.artifact:
-        pipe, _ = load_artifact(args.artifact, **settings)
+        pipe, _ = load(args.artifact, **settings)
     elif args.model:
         pipe = load_pipeline(args.model, **settings)
     else:
@@ -79,14 +80,11 @@ def cmd_generate(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from adatsq import io
-    from adatsq.pipeline import load_pipeline, quantize_
-
     recipe = _recipe(args)
     pipe = load_pipeline(args.model, **_settings(args, "height", "width", "frames",
                                                  "calibration_file"))
     policy = quantize_(pipe, recipe)
-    io.save(pipe.transformer, policy, args.out, pipe.source())
+    save(pipe, policy, args.out)
     size = io.model_bytes(pipe.transformer)
     a_bits = policy.average_activation_bits
     print(f"wrote {args.out}: {recipe.method} W{policy.weight_bits}A{a_bits:g}"
@@ -95,8 +93,6 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from adatsq.eval.report import compare, make_rows, markdown_table
-
     if args.per_category <= 0:
         raise ValueError("--per-category must be positive")
     rows = make_rows(args.methods.split(","), args.bits.split(","))
@@ -168,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from adatsq.io import ArtifactError
 
     try:
         return args.func(args)

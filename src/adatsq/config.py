@@ -149,6 +149,3 @@ class MethodOptions:
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
         return _from_dict(cls, data or {}, f"{cls.__name__} (method options)")
-
-
-NoOptions = MethodOptions

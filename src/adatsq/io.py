@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +25,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from adatsq.files import atomic_dir, write_json
 from adatsq.policy import Policy
 from adatsq.quant.primitives import FULL_PRECISION, pack_codes, unpack_codes
-from adatsq.quant.qlinear import ActivationQuant, QuantLinear
+from adatsq.quant.qlinear import ActivationQuant, QuantLinear, set_module
 
 FORMAT = "adatsq-artifact"
 FORMAT_VERSION = 2
@@ -38,7 +36,7 @@ FORMAT_VERSION = 2
 :data:`READABLE_VERSIONS` load."""
 READABLE_VERSIONS = (1, 2)
 STORAGE_DTYPE = torch.float16
-_OPTIONAL = ("bias", "smooth", "rotation_signs", "lowrank_down", "lowrank_up", "static_ranges")
+_OPTIONAL = ("bias", "smooth", "rotation_signs", "lowrank_down", "lowrank_up")
 
 
 class ArtifactError(ValueError):
@@ -102,20 +100,12 @@ def save(model: nn.Module, policy: Policy, path: str | Path, source: dict[str, A
     for key, value in model.state_dict().items():
         if not key.startswith(prefixes):
             tensors[key] = value.to(STORAGE_DTYPE) if value.is_floating_point() else value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path, replace=True) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, **source, "layers": layers,
                     "sha256": _sha256(tmp / "model.safetensors")}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        write_json(manifest, tmp / "manifest.json")
         policy.save(tmp / "policy.json")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return path
 
 
@@ -151,8 +141,6 @@ def load_quantized(skeleton: nn.Module, path: str | Path) -> tuple[nn.Module, Po
         raise ArtifactError(f"{path}/policy.json: {exc}") from None
     tensors = load_file(str(weights))
     modules = dict(skeleton.named_modules())
-    from adatsq.pipeline import set_module
-
     for name, meta in manifest["layers"].items():
         linear = modules.get(name)
         if not isinstance(linear, nn.Linear) or (linear.out_features, linear.in_features) != (

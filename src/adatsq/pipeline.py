@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import diffusers
 from torch import nn
 from tqdm import tqdm
 
+from adatsq import io
 from adatsq.calib.capture import CaptureConfig, capture, memory_estimate
 from adatsq.config import Recipe
+from adatsq.eval.fidelity import psnr_per_image
+from adatsq.eval.tasks import task_for
 from adatsq.io import round_to_storage_
 from adatsq.methods import get_method
+from adatsq.models.pipelines import load_diffusers_pipeline
 from adatsq.policy import LayerPolicy, Policy
-from adatsq.quant.primitives import FULL_PRECISION
-from adatsq.quant.qlinear import QuantLinear, StepTracker
+from adatsq.quant.qlinear import QuantLinear, StepTracker, set_module
+from adatsq.zoo import registry
+from adatsq.zoo.pipeline import DigitPipeline
 
 log = logging.getLogger(__name__)
 
@@ -31,27 +38,15 @@ def load_pipeline(model: str, **settings):
     ``settings`` (diffusers pipelines only): see
     :func:`adatsq.models.pipelines.load_diffusers_pipeline`.
     """
-    from adatsq.zoo import registry
-    from adatsq.zoo.pipeline import DigitPipeline
-
     if registry.is_zoo_name(model):
         if settings:
             raise ValueError(f"{', '.join(sorted(settings))}: only for diffusers pipelines, "
                              f"not the embedded model {model}")
-        return DigitPipeline.from_zoo(model)
+        return DigitPipeline.from_zoo(model, task_for(registry.get(model)))
     if Path(model).exists() or "/" in model:
-        from adatsq.models.pipelines import load_diffusers_pipeline
-
         return load_diffusers_pipeline(model, **settings)
     raise ValueError(f"unknown model {model!r}: not a zoo model ({', '.join(registry.ENTRIES)}), "
                      "a local folder or a hub id; see 'adatsq zoo'")
-
-
-def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    """Replaces the submodule at dotted path ``name``."""
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
 
 
 def attach_tracker(model: nn.Module, adapter, schedule) -> StepTracker:
@@ -86,6 +81,7 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
     """
     t0 = time.time()
     method = get_method(recipe.method)(recipe)
+    method.fidelity = psnr_per_image
     if metric is not None:
         method.metric = metric
     model = pipeline.transformer
@@ -141,14 +137,22 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
     tracker = attach_tracker(model, adapter, tracker.schedule)
     round_to_storage_(model)
     phases["layers"] = time.time() - t1
+    # the layers as the method built them; a search (finalize) returns the bits it decided
+    T = len(tracker.schedule)
+    nominal = Policy(model=pipeline.name, method=recipe.method,
+                     schedule=tuple(float(t) for t in tracker.schedule),
+                     layers={n: LayerPolicy(q.weight_bits, q.activation.per_step(T))
+                             for n, q in quantized.items()},
+                     recipe=recipe.to_dict())
     t1 = time.time()
-    settings = method.finalize(pipeline, stats, tracker, quantized) or {}
+    policy = method.finalize(pipeline, stats, tracker, quantized, nominal)
     phases["finalize"] = time.time() - t1
-    phases.update({f"{k}": v for k, v in getattr(method, "phases", {}).items()})
-    settings = {"granularity": method.granularity(), "source": method.source, **settings,
-                "seconds": time.time() - t0, "phases": phases}
-    policy = policy_of(model, pipeline, recipe, tracker.schedule, settings)
-    log.info("%s %s done in %.1fs", recipe.method, recipe.label, settings["seconds"])
+    phases.update(getattr(method, "phases", {}))
+    policy = replace(policy, settings={"granularity": method.granularity(),
+                                       "source": method.source, **policy.settings,
+                                       "seconds": time.time() - t0, "phases": phases})
+    policy.apply_(model)
+    log.info("%s %s done in %.1fs", recipe.method, recipe.label, policy.settings["seconds"])
     return policy
 
 
@@ -168,36 +172,28 @@ def layer_groups(layers: dict[str, nn.Linear], steps: int, mode: str,
     return groups + [current] if current else groups
 
 
-def policy_of(model: nn.Module, pipeline, recipe: Recipe, schedule, settings) -> Policy:
-    """The policy describing the quantized layers of ``model`` as they are now."""
-    T = len(schedule)
-    layers = {}
-    for name, module in model.named_modules():
-        if isinstance(module, QuantLinear):
-            bits = module.activation.bits
-            per_step = (bits,) * T if isinstance(bits, int) else tuple(bits)
-            layers[name] = LayerPolicy(module.weight_bits, per_step)
-    return Policy(model=pipeline.name, method=recipe.method,
-                  schedule=tuple(float(t) for t in schedule), layers=layers,
-                  recipe=recipe.to_dict(), settings=settings)
+def save(pipeline, policy: Policy, path: str | Path) -> Path:
+    """Writes the quantized transformer of ``pipeline`` and its ``policy`` as an artifact
+    (:mod:`adatsq.io`); :func:`load` reads it back.
+
+    Example:
+        >>> import tempfile
+        >>> pipe = load_pipeline("flux-digits")
+        >>> policy = quantize_(pipe, Recipe(method="rtn"), progress=False)
+        >>> path = save(pipe, policy, Path(tempfile.mkdtemp()) / "flux-w4a4")
+        >>> again, same = load(path)
+        >>> same == policy
+        True
+    """
+    return save(pipeline, policy, path)
 
 
-def average_bits(policy: Policy) -> tuple[int, float]:
-    """(weight bits, average activation bits) of a policy (16/16 for an empty one)."""
-    if not policy.layers:
-        return FULL_PRECISION, float(FULL_PRECISION)
-    return policy.weight_bits, policy.average_activation_bits
-
-
-def load_artifact(path: str | Path, **settings):
-    """A pipeline whose transformer is the quantized model stored in artifact ``path``.
+def load(path: str | Path, **settings):
+    """``(pipeline, policy)`` of the artifact at ``path``: a pipeline whose transformer is the
+    quantized model, as :func:`save` wrote it.
 
     A diffusers pipeline samples as it did when quantized unless ``settings`` say otherwise.
     """
-    import diffusers
-
-    from adatsq import io
-
     manifest = io.read_manifest(path)
     try:
         cls = getattr(diffusers, manifest["model_class"])
@@ -205,16 +201,12 @@ def load_artifact(path: str | Path, **settings):
     except (AttributeError, KeyError, TypeError) as exc:
         raise io.ArtifactError(f"{path}: cannot rebuild the transformer ({exc})") from None
     transformer, policy = io.load_quantized(skeleton, path)
-    from adatsq.zoo import registry
-    from adatsq.zoo.pipeline import DigitPipeline
-
     if registry.is_zoo_name(manifest["model"]):
         if settings:
             raise ValueError(f"{', '.join(sorted(settings))}: only for diffusers pipelines")
-        pipe = DigitPipeline(registry.get(manifest["model"]), transformer)
+        entry = registry.get(manifest["model"])
+        pipe = DigitPipeline(entry, transformer, task_for(entry))
     else:
-        from adatsq.models.pipelines import load_diffusers_pipeline
-
         settings = {**manifest.get("sampling", {}), **settings}
         pipe = load_diffusers_pipeline(manifest["model"], transformer=transformer, **settings)
     attach_tracker(transformer, pipe.adapter, policy.schedule)

@@ -7,7 +7,6 @@ inspected, plotted, re-applied and shipped with an artifact.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from adatsq.files import write_json
 from adatsq.quant.primitives import FULL_PRECISION, check_bits
+from adatsq.quant.qlinear import QuantLinear
 
 POLICY_VERSION = 1
 
@@ -29,7 +30,7 @@ class LayerPolicy:
 
     def __post_init__(self):
         check_bits(self.weight_bits, "weight bit width")
-        for b in self.activation_bits:
+        for b in set(self.activation_bits):
             check_bits(b, "activation bit width")
 
 
@@ -84,8 +85,6 @@ class Policy:
 
     def apply_(self, model: nn.Module) -> nn.Module:
         """Sets every quantized layer of ``model`` to this policy's activation bits (in place)."""
-        from adatsq.quant.qlinear import QuantLinear
-
         modules = dict(model.named_modules())
         for name, lp in self.layers.items():
             layer = modules.get(name)
@@ -98,6 +97,10 @@ class Policy:
             uniform = len(set(bits)) == 1
             layer.activation = replace(layer.activation, bits=bits[0] if uniform else tuple(bits))
         return model
+
+    def with_settings(self, **settings: Any) -> Policy:
+        """A copy with ``settings`` added to (or replacing keys of) its settings."""
+        return replace(self, settings={**self.settings, **settings})
 
     def with_activation_bits(self, bits: np.ndarray) -> Policy:
         """A copy with activation bits (L, T) replaced."""
@@ -127,11 +130,7 @@ class Policy:
         return cls(layers=layers, schedule=tuple(float(t) for t in data.pop("schedule")), **data)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_json(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:

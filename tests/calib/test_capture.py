@@ -24,25 +24,22 @@ def test_capture_matches_manual_statistics(tiny_pipeline):
     assert H.shape == (layers[name].in_features,) * 2
 
 
-def test_weighted_mode_equals_weighted_per_step(tiny_pipeline):
-    pipe = tiny_pipeline
-    layers = pipe.adapter.quantizable_layers(pipe.transformer)
-    T = pipe.default_steps
-    w = {n: torch.linspace(0.1, 1.0, T) for n in layers}
-    per_step = capture(pipe, ["a 3"], progress=False)
-    weighted = capture(pipe, ["a 3"], config=CaptureConfig(hessian="weighted"),
-                       step_weights={"ramp": w}, progress=False)
-    for n in layers:
-        expected = per_step.hessian_sum(n, w[n])
-        torch.testing.assert_close(weighted.weighted_hessian["ramp"][n], expected,
-                                   rtol=1e-4, atol=1e-5)
+def test_without_hessians_the_other_statistics_are_the_same(tiny_pipeline):
+    per_step = capture(tiny_pipeline, ["a 3"], progress=False)
+    bare = capture(tiny_pipeline, ["a 3"], config=CaptureConfig(hessian="none"), progress=False)
+    assert not bare.hessian and bare.nbytes() < per_step.nbytes()
+    for name in per_step.layers:
+        assert torch.equal(bare.absmax[name], per_step.absmax[name])
+        assert torch.equal(bare.minmax[name], per_step.minmax[name])
+    with pytest.raises(KeyError, match="per_step"):
+        bare.hessian_sum(per_step.layers[0])
 
 
 def test_memory_estimate_and_bad_config(tiny_pipeline):
     layers = tiny_pipeline.adapter.quantizable_layers(tiny_pipeline.transformer)
     per = sum(m.in_features ** 2 for m in layers.values()) * 4
     assert memory_estimate(layers, 50) == 50 * per
-    assert memory_estimate(layers, 50, "weighted", 2) == 2 * per
+    assert memory_estimate(layers, 50, "none") == 0
     with pytest.raises(ValueError, match="hessian must be"):
         CaptureConfig(hessian="all")
 

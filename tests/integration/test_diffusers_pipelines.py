@@ -15,12 +15,12 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from adatsq import io
 from adatsq.cli import main
 from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec
 from adatsq.models import pipelines
+from adatsq.models.base import Pipeline
 from adatsq.models.pipelines import DiffusersPipeline
-from adatsq.pipeline import load_artifact, load_pipeline, quantize_
+from adatsq.pipeline import load, load_pipeline, quantize_, save
 from tests.integration.tiny_pipelines import tiny_flux, tiny_wan, tiny_zimage
 
 BUILDERS = {"flux-schnell": tiny_flux, "flux-dev": lambda: tiny_flux(guidance_embeds=True),
@@ -58,7 +58,7 @@ def _load(folders, name, **extra) -> DiffusersPipeline:
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_quantize_save_load_generate_is_bit_exact(folders, tmp_path, name):
     pipe = _load(folders, name)
-    assert isinstance(pipe, DiffusersPipeline)
+    assert isinstance(pipe, DiffusersPipeline) and isinstance(pipe, Pipeline)
     fp = pipe.generate(PROMPTS, seed=3, steps=2)
     assert fp.shape == (2, *SHAPES[name]) and fp.dtype == torch.float32
     assert fp.abs().max() <= 1 and fp.std() > 0.01
@@ -68,11 +68,11 @@ def test_quantize_save_load_generate_is_bit_exact(folders, tmp_path, name):
     assert set(policy.layers) == layers and layers
     before = pipe.generate(PROMPTS, seed=3, steps=2)
     assert not torch.equal(before, fp)
-    io.save(pipe.transformer, policy, tmp_path / "art", pipe.source())
+    save(pipe, policy, tmp_path / "art")
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert manifest["model"] == folders[name]
     assert manifest["sampling"]["height"] == SIZES[name]["height"]
-    reloaded, policy2 = load_artifact(tmp_path / "art")
+    reloaded, policy2 = load(tmp_path / "art")
     assert reloaded.sampling == pipe.sampling and policy2.schedule == policy.schedule
     after = reloaded.generate(PROMPTS, seed=3, steps=2)
     assert torch.equal(after, before)
@@ -132,7 +132,8 @@ def test_scheduler_shift_is_the_pipelines():
 
 def test_adatsq_selects_by_fidelity_without_a_task_metric(folders):
     pipe = _load(folders, "flux-dev")
-    assert not hasattr(pipe, "selection_set")
+    prompts, metric = pipe.selection_set(2, seed=2)
+    assert metric is None and prompts == pipe.calibration_prompts(2, seed=2)
     options = dict(fisher_prompts=2, select_prompts=2, select_paths=2, num_candidates=3,
                    num_clusters=2)
     recipe = Recipe(method="adatsq", **W4A4, calibration=CalibrationSpec(num_prompts=2, steps=3),

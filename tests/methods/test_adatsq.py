@@ -8,9 +8,9 @@ from tests.conftest import PROMPTS, fresh_copy
 from adatsq.calib.fisher import effective_steps, fisher_information, temporal_weights
 from adatsq.calib.gptq import hessian_error
 from adatsq.config import ActivationSpec, Recipe, WeightSpec
-from adatsq.methods.adatsq import select_path
-from adatsq.pipeline import quantize_
+from adatsq.pipeline import quantize_, save
 from adatsq.quant.rotation import rotate, rotate_hessian
+from adatsq.search.selection import select_path
 
 SMALL = {"fisher_prompts": 4, "select_prompts": 4, "select_paths": 2, "num_candidates": 4}
 
@@ -207,9 +207,8 @@ def test_lowrank_variant_is_exact_before_quantization_and_saves(calibrated, tmp_
                                                                 monkeypatch):
     """adatsq_lr: the 16-bit branch of the rotated weight plus the residual equals the layer; at
     W4A4 it is stored and reloaded bit-exact."""
-    from adatsq import io
     from adatsq.methods import get_method
-    from adatsq.pipeline import load_artifact
+    from adatsq.pipeline import load
     from adatsq.quant.lowrank import proportional_rank
     from adatsq.quant.qlinear import StepTracker
     from adatsq.zoo import registry
@@ -231,9 +230,9 @@ def test_lowrank_variant_is_exact_before_quantization_and_saves(calibrated, tmp_
     recipe = Recipe(method="adatsq", weights=WeightSpec(bits=4), activations=ActivationSpec(
         bits=4), options={**SMALL, "lowrank": True})
     policy = quantize_(quantized, recipe, progress=False, stats=stats)
-    io.save(quantized.transformer, policy, tmp_path / "lr", quantized.source())
+    save(quantized, policy, tmp_path / "lr")
     monkeypatch.setitem(registry.ENTRIES, pipe.entry.name, pipe.entry)
-    loaded, _ = load_artifact(tmp_path / "lr")
+    loaded, _ = load(tmp_path / "lr")
     want = quantized.generate(PROMPTS[:2], seed=1)
     assert torch.equal(loaded.generate(PROMPTS[:2], seed=1), want)
 

@@ -5,12 +5,12 @@ import copy
 import numpy as np
 import pytest
 import torch
+from tests.models.examples import example
 
-from adatsq import io
+from adatsq.bench import activation_outliers
 from adatsq.config import Recipe
-from adatsq.eval.report import activation_outliers
 from adatsq.models import massive_activations_, registered
-from adatsq.pipeline import load_artifact, load_pipeline, quantize_
+from adatsq.pipeline import load, load_pipeline, quantize_, save
 from adatsq.zoo.pipeline import DigitPipeline
 
 #: outputs of a transformed model equal the original's within this fraction of their largest value
@@ -37,7 +37,7 @@ def consumer_inputs(adapter, model, latents, cond, layers):
 @pytest.mark.parametrize("family", ["flux", "zimage"])
 def test_same_function_and_chosen_channels_grow_by_strength(family, strength):
     adapter = registered()[family]()
-    model, latents, cond = adapter.example()
+    model, latents, cond = example(adapter.name)
     changed = copy.deepcopy(model)
     info = massive_activations_(changed, strength)
     sites = adapter.modulation_sites(model)
@@ -59,7 +59,7 @@ def test_same_function_and_chosen_channels_grow_by_strength(family, strength):
 
 def test_probe_measures_the_channels_on_the_models_inputs():
     adapter = registered()["flux"]()
-    model, latents, cond = adapter.example()
+    model, latents, cond = example(adapter.name)
     calls = []
 
     def probe(m):
@@ -75,7 +75,7 @@ def test_probe_measures_the_channels_on_the_models_inputs():
 @pytest.mark.parametrize("strength, channels", [(1.0, 2), (0.5, 2), (float("nan"), 2),
                                                 (float("inf"), 2), (30.0, 0), (30.0, 64)])
 def test_bad_strength_or_channels_leave_the_model_unchanged(strength, channels):
-    model, _, _ = registered()["flux"]().example()
+    model, _, _ = example("flux")
     state = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError) as info:
         massive_activations_(model, strength, channels)
@@ -84,11 +84,11 @@ def test_bad_strength_or_channels_leave_the_model_unchanged(strength, channels):
 
 
 def test_families_without_sites_and_quantized_models_are_refused():
-    wan, _, _ = registered()["wan"]().example()
+    wan, _, _ = example("wan")
     with pytest.raises(ValueError, match="defined for FluxTransformer2DModel.*"
                                          "WanTransformer3DModel has none"):
         massive_activations_(wan, 30.0)
-    flux, _, _ = registered()["flux"]().example()
+    flux, _, _ = example("flux")
     flux.transformer_blocks[0].attn.to_q = torch.nn.Identity()  # e.g. a quantized layer
     with pytest.raises(ValueError, match="nn.Linear at transformer_blocks.0.attn.to_q"):
         massive_activations_(flux, 30.0)
@@ -129,10 +129,10 @@ def test_zoo_variant_reaches_its_outlier_ratio(flux, flux_ma30):
 
 
 def test_artifact_of_a_variant_loads_as_the_variant(flux_ma30, tmp_path):
-    pipe = DigitPipeline(flux_ma30.entry, copy.deepcopy(flux_ma30.transformer))
+    pipe = DigitPipeline(flux_ma30.entry, copy.deepcopy(flux_ma30.transformer), flux_ma30.task)
     policy = quantize_(pipe, Recipe(method="rtn"), progress=False)
-    io.save(pipe.transformer, policy, tmp_path / "art", pipe.source())
-    loaded, _ = load_artifact(tmp_path / "art")
+    save(pipe, policy, tmp_path / "art")
+    loaded, _ = load(tmp_path / "art")
     assert loaded.name == "flux-digits@ma30" and loaded.entry.massive_strength == 30
     prompts = ["a red 3", "two 7s"]
     torch.testing.assert_close(loaded.generate(prompts, steps=2), pipe.generate(prompts, steps=2),

@@ -2,6 +2,7 @@
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+from tests.models.examples import example
 
 from adatsq.models.sampling import sample
 from adatsq.models.wan import WanAdapter
@@ -9,7 +10,7 @@ from adatsq.models.wan import WanAdapter
 
 def test_denoise_is_the_pipeline_transformer_call():
     adapter = WanAdapter()
-    model, latents, cond = adapter.example()
+    model, latents, cond = example(adapter.name)
     sigma = torch.tensor([0.9, 0.3])
     with torch.no_grad():
         # The pipeline passes the scheduler's t = 1000 sigma and uses the output as is.
@@ -23,7 +24,7 @@ def test_denoise_is_the_pipeline_transformer_call():
 def test_sampler_reproduces_the_diffusers_pipeline():
     """Euler steps with classifier-free guidance, ours against ``WanPipeline`` end to end."""
     adapter = WanAdapter()
-    model, noise, cond = adapter.example()
+    model, noise, cond = example(adapter.name)
     uncond = {"encoder_hidden_states": torch.randn_like(cond["encoder_hidden_states"])}
     steps = 3
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None,
@@ -40,7 +41,7 @@ def test_sampler_reproduces_the_diffusers_pipeline():
 
 def test_embedders_and_final_projection_stay_full_precision():
     adapter = WanAdapter()
-    model, _, _ = adapter.example()
+    model, _, _ = example(adapter.name)
     names = set(adapter.quantizable_layers(model))
     per_block = {f"{attn}.{proj}" for attn in ("attn1", "attn2")
                  for proj in ("to_q", "to_k", "to_v", "to_out.0")}

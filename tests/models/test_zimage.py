@@ -2,6 +2,7 @@
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+from tests.models.examples import example
 
 from adatsq.models.sampling import sample, sigmas
 from adatsq.models.zimage import ZImageAdapter
@@ -17,7 +18,7 @@ def _pipeline_velocity(model, latents, captions, sigma):
 
 def test_denoise_is_the_pipeline_transformer_call():
     adapter = ZImageAdapter()
-    model, latents, cond = adapter.example()
+    model, latents, cond = example(adapter.name)
     sigma = torch.tensor([0.9, 0.3])
     with torch.no_grad():
         expected = _pipeline_velocity(model, latents, list(cond["cap_feats"].unbind(0)), sigma)
@@ -27,7 +28,7 @@ def test_denoise_is_the_pipeline_transformer_call():
 
 def test_cap_mask_keeps_only_the_valid_caption_tokens():
     adapter = ZImageAdapter()
-    model, latents, cond = adapter.example()
+    model, latents, cond = example(adapter.name)
     feats = cond["cap_feats"]  # (2, 5, 32)
     mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
     padded = torch.where(mask[..., None], feats, torch.randn_like(feats))
@@ -41,7 +42,7 @@ def test_cap_mask_keeps_only_the_valid_caption_tokens():
 def test_sampler_reproduces_the_diffusers_pipeline():
     """Euler steps with classifier-free guidance, ours against ``ZImagePipeline`` end to end."""
     adapter = ZImageAdapter()
-    model, noise, cond = adapter.example()
+    model, noise, cond = example(adapter.name)
     uncond = {"cap_feats": torch.randn_like(cond["cap_feats"])}
     steps = 3
     pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=None,
@@ -59,7 +60,7 @@ def test_sampler_reproduces_the_diffusers_pipeline():
 
 def test_modulation_embedders_and_final_layer_stay_full_precision():
     adapter = ZImageAdapter()
-    model, _, _ = adapter.example()
+    model, _, _ = example(adapter.name)
     names = set(adapter.quantizable_layers(model))
     per_block = {"attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0",
                  "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"}

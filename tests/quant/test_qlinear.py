@@ -43,16 +43,19 @@ def test_per_step_bits_follow_the_timestep_value():
     assert (outs[3] - lin(x)).abs().max() > (outs[8] - lin(x)).abs().max()
 
 
-def test_tracker_hook_reads_timestep_kwarg():
+def test_tracker_hook_reads_the_timestep_until_removed():
     tracker = StepTracker(torch.tensor([1.0, 0.5]))
-    model = nn.Identity()
-    tracker.attach(model, lambda args, kwargs: kwargs["timestep"])
 
     class Wrapper(nn.Module):
         def forward(self, x, timestep):
             return x
 
     w = Wrapper()
-    tracker.attach(w, lambda args, kwargs: kwargs["timestep"])
+    handle = tracker.attach(w, lambda args, kwargs: kwargs.get("timestep", args[-1]))
     w(torch.zeros(1), timestep=torch.tensor([0.45]))
     assert tracker.index == 1
+    w(torch.zeros(1), torch.tensor([0.95]))
+    assert tracker.index == 0
+    handle.remove()
+    w(torch.zeros(1), timestep=torch.tensor([0.45]))
+    assert tracker.index == 0  # detached

@@ -6,6 +6,7 @@ import torch
 
 from adatsq.models import adapter_for
 from adatsq.zoo import registry
+from adatsq.zoo.codec import codec_for
 
 
 @pytest.mark.parametrize("name", sorted(registry.ENTRIES))
@@ -28,11 +29,32 @@ def test_every_entry_trains_one_step_on_its_own_data(name):
 @pytest.mark.parametrize("name", sorted(registry.ENTRIES))
 def test_latents_round_trip_to_samples(name):
     entry = registry.get(name)
-    adapter = adapter_for(entry.build_model())
+    codec = codec_for(entry.model_class)
     samples = torch.rand(2, *entry.sample_shape) * 2 - 1
-    latents = adapter.to_latents(samples)
-    torch.testing.assert_close(adapter.from_latents(latents, entry.sample_shape), samples,
+    latents = codec.to_latents(samples)
+    torch.testing.assert_close(codec.from_latents(latents, entry.sample_shape), samples,
                                rtol=0, atol=0)
+    # the latents feed the transformer: its input shape (one sample at a time)
+    model = entry.build_model()
+    assert adapter_for(model).quantizable_layers(model)
+    if entry.model_class == "FluxTransformer2DModel":
+        assert latents.shape[-1] == model.config.in_channels
+    else:
+        assert latents.shape[1] == model.config.in_channels
+
+
+def test_still_images_fold_like_flux_tokens_and_one_frame_clips():
+    """A (3, 16, 16) image is 16 tokens of 48 values for every class; Wan sees it as a clip."""
+    images = torch.rand(2, 3, 16, 16)
+    flux = codec_for("FluxTransformer2DModel").to_latents(images)
+    zimage = codec_for("ZImageTransformer2DModel").to_latents(images)
+    wan = codec_for("WanTransformer3DModel").to_latents(images)
+    assert flux.shape == (2, 16, 48) and zimage.shape == (2, 12, 8, 8)
+    assert wan.shape == (2, 12, 1, 8, 8) and torch.equal(wan[:, :, 0], zimage)
+    back = codec_for("WanTransformer3DModel").from_latents(wan, (3, 16, 16))
+    assert torch.equal(back, images)
+    with pytest.raises(ValueError, match="no embedded model"):
+        codec_for("SD3Transformer2DModel")
 
 
 def test_video_entry_describes_clips_and_unknown_names_are_refused():

@@ -4,17 +4,15 @@ The full-precision model samples the calibration prompts; forward hooks on the q
 stream what the methods need and nothing more:
 
 * ``hessian``: per step, the sum of ``x xᵀ`` over all rows (tokens x samples) of the layer input,
-  float32 of shape (T, d_in, d_in) in ``"per_step"`` mode, or only weighted sums over steps in
-  ``"weighted"`` mode (weights per layer and step given up front, e.g. uniform and Fisher-guided);
+  float32 of shape (T, d_in, d_in) (``"per_step"`` mode; ``"none"`` keeps none);
 * ``absmax``: per step and input channel, the largest |x| (T, d_in);
 * ``minmax``: per step, the smallest and largest value (T, 2);
 * ``samples``: per step, a fixed-size random sample of input values (for plots);
 * the latent trajectory (T, B, N, C) and the conditioning, to replay any step later.
 
-Memory: ``"per_step"`` holds ``4 * T * sum_l d_in(l)^2`` bytes; ``"weighted"`` holds
-``4 * K * sum_l d_in(l)^2`` for K weightings. Flux-Dev (57 blocks; inputs of width 3072 and
-12288, about 5.1e8 summed d_in^2) at 50 steps would need about 100 GB per-step, but 2 GB per
-weighting. :func:`memory_estimate` tells before capturing; ``capture(..., only=names)`` records a
+Memory: ``"per_step"`` holds ``4 * T * sum_l d_in(l)^2`` bytes: Flux-Dev (57 blocks; inputs of
+width 3072 and 12288, about 5.1e8 summed d_in^2) at 50 steps would need about 100 GB.
+:func:`memory_estimate` tells before capturing; ``capture(..., only=names)`` records a
 subset of layers, which is how :func:`adatsq.pipeline.quantize_` streams a large model through
 calibration in groups that fit ``CalibrationSpec.memory_gb``. Statistics are kept on the CPU
 whatever device the model runs on.
@@ -33,7 +31,7 @@ from adatsq.quant.qlinear import StepTracker
 
 log = logging.getLogger(__name__)
 
-HESSIAN_MODES = ("per_step", "weighted", "none")
+HESSIAN_MODES = ("per_step", "none")
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ class CaptureConfig:
     """What to keep while capturing.
 
     Attributes:
-        hessian: ``"per_step"``, ``"weighted"`` or ``"none"``.
+        hessian: ``"per_step"`` or ``"none"``.
         samples_per_step: activation values kept per layer and step for plots.
         seed: seed of the value sampling.
     """
@@ -69,7 +67,6 @@ class CalibrationStats:
     minmax: dict[str, torch.Tensor]  # (T, 2)
     samples: dict[str, torch.Tensor]  # (T, S)
     hessian: dict[str, torch.Tensor] = field(default_factory=dict)  # (T, d_in, d_in) per step
-    weighted_hessian: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     latents: torch.Tensor | None = None  # (T, B, N, C) input latents of every step
     sigmas: torch.Tensor | None = None  # (T,)
     cond: Conditioning | None = None
@@ -98,31 +95,26 @@ class CalibrationStats:
     def drop_hessians(self) -> None:
         """Frees the Hessians (once their layers are quantized)."""
         self.hessian.clear()
-        self.weighted_hessian.clear()
 
     def nbytes(self) -> int:
         tensors = [*self.hessian.values(), *self.absmax.values(), *self.samples.values()]
-        tensors += [h for d in self.weighted_hessian.values() for h in d.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def memory_estimate(layers: dict[str, nn.Linear], steps: int, mode: str = "per_step",
-                    weightings: int = 2) -> int:
+def memory_estimate(layers: dict[str, nn.Linear], steps: int, mode: str = "per_step") -> int:
     """Bytes the Hessians of ``layers`` take in ``mode``."""
     per = sum(layer.in_features**2 for layer in layers.values()) * 4
-    return {"per_step": per * steps, "weighted": per * weightings, "none": 0}[mode]
+    return {"per_step": per * steps, "none": 0}[mode]
 
 
 def capture(pipeline, prompts: list[str], seed: int = 0, steps: int | None = None,
             config: CaptureConfig = CaptureConfig(),
-            step_weights: dict[str, dict[str, torch.Tensor]] | None = None,
             progress: bool = True, only: list[str] | None = None) -> CalibrationStats:
     """Samples ``prompts`` with the full-precision pipeline and records layer-input statistics.
 
     Args:
         pipeline: a pipeline exposing ``transformer``, ``adapter``, ``schedule(steps)`` and
             ``generate(prompts, seed, steps, callback=...)``.
-        step_weights: for ``hessian="weighted"``: weighting name -> layer -> (T,) weights.
         only: record these layers only (streaming a large model group by group).
     """
     steps = steps or pipeline.default_steps
@@ -133,8 +125,6 @@ def capture(pipeline, prompts: list[str], seed: int = 0, steps: int | None = Non
         if unknown:
             raise ValueError(f"not quantizable layers of this model: {', '.join(unknown[:3])}")
         layers = {n: layers[n] for n in only}
-    if config.hessian == "weighted" and not step_weights:
-        raise ValueError("hessian='weighted' needs step_weights")
     tracker = StepTracker(pipeline.schedule(steps))
     gen = torch.Generator().manual_seed(config.seed)
     T = steps
@@ -147,9 +137,6 @@ def capture(pipeline, prompts: list[str], seed: int = 0, steps: int | None = Non
         samples={n: torch.zeros(T, config.samples_per_step) for n in layers})
     if config.hessian == "per_step":
         stats.hessian = {n: torch.zeros(T, m.in_features, m.in_features) for n, m in layers.items()}
-    elif config.hessian == "weighted":
-        stats.weighted_hessian = {w: {n: torch.zeros(m.in_features, m.in_features)
-                                      for n, m in layers.items()} for w in step_weights}
 
     def make_hook(name: str):
         def hook(_module, inputs):
@@ -166,12 +153,8 @@ def capture(pipeline, prompts: list[str], seed: int = 0, steps: int | None = Non
             if config.samples_per_step:
                 idx = torch.randint(X.numel(), (config.samples_per_step,), generator=gen)
                 stats.samples[name][t] = X.reshape(-1)[idx.to(X.device)].cpu()
-            XtX = (X.T @ X).cpu()  # (d_in, d_in)
             if config.hessian == "per_step":
-                stats.hessian[name][t] += XtX
-            elif config.hessian == "weighted":
-                for w, per_layer in step_weights.items():
-                    stats.weighted_hessian[w][name] += per_layer[name][t] * XtX / X.shape[0]
+                stats.hessian[name][t] += (X.T @ X).cpu()  # (d_in, d_in)
         return hook
 
     latents, step_sigmas = [], []

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from adatsq.models.sampling import sigmas as sigma_schedule
+
 log = logging.getLogger(__name__)
 
 
@@ -109,8 +111,6 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
         target: ``"velocity"`` (Eq. 1: the training loss against ``eps - x0``) or ``"output"``
             (the target-free output sensitivity; see the module docstring).
     """
-    from adatsq.models.sampling import sigmas as sigma_schedule
-
     if not prompts:
         raise ValueError("Fisher estimation needs at least one calibration prompt")
     if target not in TARGETS:
@@ -120,7 +120,7 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
     layers = adapter.quantizable_layers(model)
     names = list(layers)
     images = pipeline.generate(prompts, seed=seed, steps=steps)
-    x0 = adapter.to_latents(images)  # (B, N, C)
+    x0 = pipeline.to_latents(images)  # (B, N, C)
     cond = pipeline.encode(prompts)
     sig = sigma_schedule(steps) if sigmas is None else torch.as_tensor(sigmas).float()  # (T,)
     if len(sig) != steps:

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from adatsq.files import atomic_path, write_json
 from adatsq.zoo import scenes
 
 log = logging.getLogger(__name__)
@@ -211,8 +212,9 @@ def save_classifier(model: DigitClassifier, path: Path, held_out_accuracy: float
         "held_out_accuracy": held_out_accuracy,
     }
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={"config": json.dumps(model.config.to_dict())})
-    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"config": json.dumps(model.config.to_dict())})
+    write_json(card, path.with_suffix(".json"), indent=2)
 
 
 def load_classifier(path: Path | str | None = None) -> DigitClassifier:

@@ -15,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adatsq.calib.gptq import gptq_quantize, hessian_error
 from adatsq.eval import plots
+from adatsq.quant.primitives import WeightQuantizer
+from adatsq.quant.rotation import random_signs, rotate, rotate_hessian
 
 
 def calibration_error_curves(stats, layer: str, weight: torch.Tensor, alpha: np.ndarray,
@@ -23,10 +26,6 @@ def calibration_error_curves(stats, layer: str, weight: torch.Tensor, alpha: np.
                              ) -> dict[str, np.ndarray]:
     """Per-step error ``||W X_t - Q X_t||² / rows`` of GPTQ under uniform and Fisher weights, in
     the rotated basis AdaTSQ quantizes in (``signs``: its random signs, None: plain Hadamard)."""
-    from adatsq.calib.gptq import gptq_quantize, hessian_error
-    from adatsq.quant.primitives import WeightQuantizer
-    from adatsq.quant.rotation import rotate, rotate_hessian
-
     W = rotate(weight.detach().double(), signs).float()
     H_t = stats.hessian[layer] / stats.rows[layer].clamp_min(1)[:, None, None]  # (T, d, d)
     curves = {}
@@ -75,8 +74,6 @@ def run_figures(policy, stats, fp_model, out_dir: str | Path, prefix: str = "") 
         recipe = policy.recipe or {}
         signs = None
         if recipe.get("options", {}).get("random_signs", True):
-            from adatsq.quant.rotation import random_signs
-
             signs = random_signs(weight.shape[1], recipe.get("calibration", {}).get("seed", 1),
                                  layer)
         curves = calibration_error_curves(stats, layer, weight,

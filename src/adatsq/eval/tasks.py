@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from adatsq.eval import digiteval, fidelity
+from adatsq.eval import digiteval, fidelity, video
+from adatsq.zoo import clips, scenes
 
 
 @dataclass(frozen=True)
@@ -91,16 +92,12 @@ class SceneTask(Task):
               "held-out scenes in the classifier's feature space")
 
     def evaluation_set(self, n):
-        from adatsq.zoo import scenes
-
         batch = scenes.make_scenes(n, scenes.EVAL_SEED)
         show = [c * n + i for c in range(len(scenes.CATEGORIES)) for i in range(min(2, n))]
         return EvalSet([s.prompt for s in batch], [s.spec for s in batch],
                        np.stack([s.image for s in batch]), show)
 
     def calibration_set(self, n, seed):
-        from adatsq.zoo import scenes
-
         pairs = scenes.calibration_scenes(n, seed)
         return [p for p, _ in pairs], [s for _, s in pairs]
 
@@ -131,21 +128,15 @@ class ClipTask(Task):
               "frame-wise")
 
     def evaluation_set(self, n):
-        from adatsq.zoo import clips
-
         batch = clips.make_clips(n, clips.EVAL_SEED)
         return EvalSet([c.prompt for c in batch], [c.spec for c in batch],
                        np.stack([c.video for c in batch]), list(range(min(n, 4))))
 
     def calibration_set(self, n, seed):
-        from adatsq.zoo import clips
-
         pairs = clips.calibration_clip_specs(n, seed)
         return [p for p, _ in pairs], [s for _, s in pairs]
 
     def score(self, samples, specs):
-        from adatsq.eval import video
-
         scores = video.evaluate_clips(samples, specs)
         return {"eval": {"per_frame": scores.per_frame, "dynamic_degree": scores.dynamic_degree,
                          "total": scores.total},
@@ -153,8 +144,6 @@ class ClipTask(Task):
                 "per_sample": list(scores.per_clip_total)}
 
     def fidelity_per_sample(self, samples, reference):
-        from adatsq.eval import video
-
         return video.clip_fidelity_per_clip(samples, reference)
 
 

@@ -23,7 +23,7 @@ Source: the AdaTSQ paper (Sec. 3). The flow, one step each:
    from evaluation); among the paths whose task metric (DigitEval for the embedded models, or a
    user's metric passed to :func:`adatsq.pipeline.quantize_`) is not significantly below the
    best one's (paired, 95%), the most faithful to the FP samples (PSNR) wins
-   (:func:`select_path`).
+   (:func:`adatsq.search.selection.select_path`).
 
 ``pareto=False`` keeps the nominal bit width everywhere: with ``calib="none"`` that is the "MinMax,
 naive rotation" baseline of the paper's Table 3.
@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,14 +48,13 @@ from adatsq.calib.fisher import (
     temporal_weights,
 )
 from adatsq.config import MethodOptions
-from adatsq.eval.fidelity import psnr_per_image
-from adatsq.eval.paired import paired_difference
 from adatsq.methods.base import GPTQOptions, Method, register, rotated_layer
 from adatsq.models.sampling import guidance_batch, guided_velocity
 from adatsq.quant.lowrank import proportional_rank
 from adatsq.quant.primitives import FULL_PRECISION
 from adatsq.search.candidates import CandidateConfig, generate_candidates
 from adatsq.search.pareto import beam_search, fill_budget
+from adatsq.search.selection import select_path
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +153,6 @@ class AdaTSQOptions(MethodOptions):
         return GPTQOptions(self.block_size, self.damp, self.act_order)
 
 
-def _set_bits(layers: dict, bits) -> None:
-    """Gives every layer its activation width (ints, or per-step tuples)."""
-    for (_, layer), b in zip(layers.items(), bits):
-        b = int(b) if np.isscalar(b) else tuple(int(x) for x in b)
-        layer.activation = replace(layer.activation, bits=b)
-
-
 def _path_bits(candidates, path) -> np.ndarray:
     """Activation bits (L, T) of a path (candidate index per step; padded indices clamp)."""
     return np.stack([c.bits[min(k, len(c.bits) - 1)] for c, k in zip(candidates, path)], axis=1)
@@ -173,6 +165,9 @@ class AdaTSQ(Method):
     options_class = AdaTSQOptions
     capture = "per_step"
     metric = None  # a user's ``metric(images, prompts) -> float`` for the final selection
+    #: ``fidelity(samples, reference) -> (N,)`` per-sample fidelity (PSNR) of the selection; set
+    #: by :func:`adatsq.pipeline.quantize_`
+    fidelity = None
 
     def __init__(self, recipe):
         super().__init__(recipe)
@@ -221,7 +216,7 @@ class AdaTSQ(Method):
         self.fp_out = None
         self._batch = None
         if self.search:
-            self.cfg = self._cfg(pipeline)
+            self.cfg = float(pipeline.cfg_scale)  # the guidance sampling uses (1: none)
             key = ("fp_out", self.cfg, o.step_loss, o.step_prompts)
             if key not in stats.derived:
                 with self._phase("fp_velocity"):
@@ -247,8 +242,9 @@ class AdaTSQ(Method):
                              o.gptq, rank)
 
     # -- 4/5/6: candidates, search, selection --------------------------------------------------
-    def finalize(self, pipeline, stats, tracker, layers):
+    def finalize(self, pipeline, stats, tracker, layers, policy):
         o = self.options
+        self._model, self._policy = pipeline.transformer, policy
         settings = {"options": dict(vars(o))}
         if self.fisher is not None:
             settings["fisher"] = self.fisher.to_dict()
@@ -258,7 +254,7 @@ class AdaTSQ(Method):
                 n: float(x) for n, x in zip(self.alpha, effective_steps(np.stack(
                     list(self.alpha.values()))))}
         if not self.search:
-            return settings
+            return policy.with_settings(**settings)
         fisher = self.fisher.scores  # (L, T), layers in the same order as ``layers``
         budget = self.recipe.activations.bits + o.extra_bits
         config = o.candidate_config
@@ -296,7 +292,6 @@ class AdaTSQ(Method):
             scores = self._select(pipeline, stats, layers, candidates, paths)
         chosen = select_path([s[0] for s in scores], [s[1] for s in scores])
         path = paths[chosen]
-        _set_bits(layers, _path_bits(candidates, path))
         mean_bits = [float(avg_bits[steps, p].mean()) for p in paths]
         settings["search"] = {
             "budget": budget, "keep": o.keep, "step_loss": o.step_loss, "cfg_scale": self.cfg,
@@ -309,9 +304,17 @@ class AdaTSQ(Method):
             "tried": {"paths": [p.tolist() for p in paths], "mean_bits": mean_bits,
                       "loss_weight": [x[2] for x in order],
                       "total_loss": [float(loss_tm[steps, p].sum()) for p in paths]},
-            "selection_scores": [[_mean(t), float(np.mean(f))] for t, f in scores],
+            "selection_scores": [[float(np.mean(t)), float(np.mean(f))] for t, f in scores],
             "chosen": chosen, "path": path.tolist()}
-        return settings
+        return policy.with_activation_bits(_path_bits(candidates, path)).with_settings(**settings)
+
+    def apply_bits(self, bits) -> None:
+        """Tries activation bits on the model, per layer (L,) or per layer and step (L, T),
+        through the policy (the one way bits reach a model)."""
+        bits = np.asarray(bits)
+        if bits.ndim == 1:
+            bits = np.repeat(bits[:, None], self._policy.steps, axis=1)
+        self._policy.with_activation_bits(bits).apply_(self._model)
 
     @contextmanager
     def _phase(self, name: str):
@@ -320,11 +323,6 @@ class AdaTSQ(Method):
             yield
         finally:
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
-
-    @staticmethod
-    def _cfg(pipeline) -> float:
-        """The classifier-free guidance scale sampling uses (1: unguided)."""
-        return float(getattr(pipeline, "cfg_scale", 1.0))
 
     def _velocity(self, pipeline, stats, t: int) -> torch.Tensor:
         """The velocity at step ``t`` of the calibration trajectory that the step loss compares:
@@ -347,7 +345,7 @@ class AdaTSQ(Method):
         for t in tqdm(range(stats.steps), desc="step losses", leave=False):
             row = []
             for bits in candidates[t].bits:
-                _set_bits(layers, bits)
+                self.apply_bits(bits)
                 v = self._velocity(pipeline, stats, t)
                 row.append(float((v - self.fp_out[t]).square().mean()))
             out.append(np.array(row))
@@ -356,10 +354,7 @@ class AdaTSQ(Method):
     def _selection_set(self, pipeline):
         """Selection prompts and their task metric (None: fidelity only)."""
         n, seed = self.options.select_prompts, self.recipe.calibration.seed + 1
-        if hasattr(pipeline, "selection_set"):
-            prompts, task = pipeline.selection_set(n, seed)
-        else:
-            prompts, task = pipeline.calibration_prompts(n, seed), None
+        prompts, task = pipeline.selection_set(n, seed)
         if self.metric is not None:
             user = self.metric
             task = lambda images: float(user(images, prompts))  # noqa: E731
@@ -371,10 +366,11 @@ class AdaTSQ(Method):
         prompts, task = self.selection
         scores = []
         for path in tqdm(paths, desc="selection", leave=False):
-            _set_bits(layers, _path_bits(candidates, path))
+            self.apply_bits(_path_bits(candidates, path))
             images = pipeline.generate(prompts, seed=self.recipe.calibration.seed + 1,
                                        steps=stats.steps)
-            fidelity = psnr_per_image(images, self.selection_fp).reshape(len(prompts), -1).mean(1)
+            fidelity = np.asarray(self.fidelity(images, self.selection_fp)).reshape(
+                len(prompts), -1).mean(1)
             metric = task(images) if task is not None else fidelity
             scores.append((np.asarray(metric, dtype=np.float64), fidelity))
         return scores
@@ -396,42 +392,3 @@ def step_weights(sigmas, exponents) -> np.ndarray:
         raise ValueError("the step sigmas must decrease to above 0")
     d = d / d.mean()
     return np.stack([d ** float(g) for g in exponents])
-
-
-def _mean(x) -> float:
-    return float(np.mean(x))
-
-
-def select_path(task: list, fidelity: list) -> int:
-    """The selection rule of AdaTSQ (Sec. 3.2.4) over the paths tried.
-
-    The best path by the task metric sets the bar; a path *ties* with it when the task metric
-    cannot tell them apart: the paired 95% interval of the per-prompt difference reaches 0 (with
-    one score per path, only an exact tie). Of the tied paths the one with the highest mean
-    fidelity to the FP samples wins (a task metric that saturates then does not decide on
-    noise); further ties go to the earlier path (least step loss).
-
-    Args:
-        task: per path, the task metric per prompt (N,) or a scalar (higher is better).
-        fidelity: per path, the fidelity (e.g. PSNR) per prompt (N,) or a scalar.
-
-    Returns:
-        The index of the chosen path.
-
-    Example:
-        >>> select_path([np.array([1.0, 1, 0, 1]), np.array([1.0, 1, 1, 0])], [20.0, 22.0])
-        1
-    """
-    if not task or len(task) != len(fidelity):
-        raise ValueError("select_path needs one task score and one fidelity per path")
-    means = [_mean(t) for t in task]
-    top = int(np.argmax(means))
-
-    def ties(i: int) -> bool:
-        a, b = np.atleast_1d(task[top]), np.atleast_1d(task[i])
-        if a.size > 1 and a.shape == b.shape:
-            return paired_difference(a, b)["lo"] <= 0.0
-        return means[i] == means[top]
-
-    tied = [i for i in range(len(task)) if ties(i)]
-    return max(tied, key=lambda i: (_mean(fidelity[i]), -i))

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from adatsq.calib.capture import CalibrationStats
+from adatsq.calib.gptq import gptq_quantize
 from adatsq.config import MethodOptions, Recipe
+from adatsq.policy import Policy
+from adatsq.quant.lowrank import lowrank_split
 from adatsq.quant.primitives import FULL_PRECISION
 from adatsq.quant.qlinear import ActivationQuant, QuantLinear, StepTracker, weight_quantizer
+from adatsq.quant.rotation import random_signs, rotate, rotate_hessian
 
 _METHODS: dict[str, type[Method]] = {}
 
@@ -49,9 +53,6 @@ class Method(ABC):
     def activation(self) -> ActivationQuant:
         """The activation quantizer the recipe asks for."""
         a = self.recipe.activations
-        if a.granularity == "tensor":
-            raise ValueError(f"method {self.name!r} quantizes activations dynamically; static "
-                             "per-tensor activations ('tensor') are not supported")
         return ActivationQuant(a.bits, a.granularity, a.symmetric, a.group_size)
 
     def granularity(self) -> dict[str, str]:
@@ -59,10 +60,9 @@ class Method(ABC):
         w, a = self.recipe.weights, self.recipe.activations
         wg = f"group {w.group_size}" if w.group_size else "per-channel"
         ag = {"token": "per-token", "group": f"per-token group {a.group_size}",
-              "sample": "per-sample", "tensor": "per-tensor static"}[a.granularity]
+              "sample": "per-sample"}[a.granularity]
         return {"weights": f"{wg} {'sym' if w.symmetric else 'asym'}",
-                "activations": f"{ag} dynamic {'sym' if a.symmetric else 'asym'}"
-                if a.granularity != "tensor" else ag}
+                "activations": f"{ag} dynamic {'sym' if a.symmetric else 'asym'}"}
 
     def prepare(self, pipeline, stats: CalibrationStats | None) -> None:
         """Model-wide preparation before layers are quantized (default: nothing)."""
@@ -73,9 +73,17 @@ class Method(ABC):
         """The quantized replacement of ``linear``."""
 
     def finalize(self, pipeline, stats: CalibrationStats | None, tracker: StepTracker,
-                 layers: dict[str, QuantLinear]) -> dict[str, Any]:
-        """Model-wide work after all layers are quantized; returns settings for the policy."""
-        return {}
+                 layers: dict[str, QuantLinear], policy: Policy) -> Policy:
+        """Model-wide work after all layers are quantized (a search over activation bits, say).
+
+        Args:
+            policy: the layers' bits as :meth:`quantize_layer` built them.
+
+        Returns:
+            The policy to apply (:meth:`Policy.apply_` is the only way bits reach the model),
+            with the settings worth keeping.
+        """
+        return policy
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,6 @@ def solve_weights(W: torch.Tensor, H: torch.Tensor | None, spec,
     if gptq is None or H is None:
         scale, zero = quantizer.group_params(W)
         return {"codes": quantizer.codes(W, scale, zero), "scale": scale, "zero": zero}
-    from adatsq.calib.gptq import gptq_quantize
 
     result = gptq_quantize(W, H, quantizer, block_size=gptq.block_size, damp=gptq.damp,
                            act_order=gptq.act_order, static_groups=spec.group_size is not None)
@@ -110,8 +117,6 @@ def solve_weights(W: torch.Tensor, H: torch.Tensor | None, spec,
 def layer_signs(method: Method, name: str, width: int) -> torch.Tensor | None:
     """The random signs of layer ``name``'s input rotation, seeded by the calibration seed, or
     None when the method's ``random_signs`` option is off (a plain Hadamard rotation)."""
-    from adatsq.quant.rotation import random_signs
-
     if not getattr(method.options, "random_signs", False):
         return None
     return random_signs(width, method.recipe.calibration.seed, name)
@@ -127,9 +132,6 @@ def rotated_layer(method: Method, name: str, linear: nn.Linear, H: torch.Tensor 
     ``rank``: a 16-bit low-rank branch of ``W R`` (SVDQuant's split, on the rotated input); only
     the residual is quantized.
     """
-    from adatsq.quant.lowrank import lowrank_split
-    from adatsq.quant.rotation import rotate, rotate_hessian
-
     signs = layer_signs(method, name, linear.in_features)
     W = rotate(linear.weight.detach().double(), signs).float()  # W R
     lowrank = None
@@ -149,17 +151,6 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def get_method(name: str) -> type[Method]:
-    """The method class called ``name``."""
-    from adatsq import methods  # noqa: F401  (registers every method)
-
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(_METHODS))}") from None
-
-
-def method_names() -> list[str]:
-    from adatsq import methods  # noqa: F401
-
-    return list(_METHODS)
+def registered() -> dict[str, type[Method]]:
+    """Every registered method by name (import :mod:`adatsq.methods` to register them all)."""
+    return dict(_METHODS)

@@ -103,5 +103,5 @@ class QDiT(Method):
         spec = replace(self.recipe.weights, group_size=None if g == linear.in_features else g)
         return QuantLinear.from_linear(linear, spec, self.activation(), tracker)
 
-    def finalize(self, pipeline, stats, tracker, layers):
-        return {"group_sizes": self.group_sizes}
+    def finalize(self, pipeline, stats, tracker, layers, policy):
+        return policy.with_settings(group_sizes=self.group_sizes)

@@ -72,6 +72,6 @@ class SVDQuant(Method):
         g["weights"] = f"{g['weights']}, 16-bit low-rank branch ({rule})"
         return g
 
-    def finalize(self, pipeline, stats, tracker, layers):
+    def finalize(self, pipeline, stats, tracker, layers, policy):
         ranks = sorted(set(self.ranks.values()))
-        return {"lowrank_rank": self.options.rank, "lowrank_ranks": ranks}
+        return policy.with_settings(lowrank_rank=self.options.rank, lowrank_ranks=ranks)

@@ -1,17 +1,22 @@
-"""The adapter protocol: everything the algorithms need to know about a model family.
+"""The two contracts of the core: the :class:`Adapter` of a transformer class and the
+:class:`Pipeline` around it.
 
 Algorithms never look at a model's class. They ask its adapter which ``nn.Linear`` layers are
 quantizable (and their names), how to call the transformer once (conditioning, latents, timestep)
 and where the timestep is among the arguments of a call (so hooks can tell the sampling step).
 Families with adaLN modulation may also describe where it feeds which linears
 (:meth:`Adapter.modulation_sites`), which :mod:`adatsq.models.massive` needs.
+
+Everything else (prompts, pixels, sampling, seeds) comes from the pipeline: the embedded models'
+:class:`~adatsq.zoo.pipeline.DigitPipeline` and :class:`~adatsq.models.pipelines.DiffusersPipeline`
+both implement :class:`Pipeline`, on the shared :class:`~adatsq.models.sampling.SamplingPipeline`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -81,28 +86,56 @@ class Adapter(ABC):
                 sigma: torch.Tensor) -> torch.Tensor:
         """One transformer call; returns the flow-matching velocity (noise - x0) for ``latents``."""
 
-    @abstractmethod
-    def text_conditioning(self, states: torch.Tensor, pooled: torch.Tensor) -> Conditioning:
-        """The conditioning of an embedded model from its text encoder's token states (B, L, D)
-        (padding positions zeroed) and pooled vectors (B, D)."""
-
-    @abstractmethod
-    def example(self, seed: int = 0) -> tuple[nn.Module, torch.Tensor, Conditioning]:
-        """A tiny random model of this family with latents and conditioning (contract tests)."""
-
-    @abstractmethod
-    def to_latents(self, images: torch.Tensor) -> torch.Tensor:
-        """Pixels of an embedded model (images (B, C, H, W) or, for video models, clips
-        (B, C, F, H, W)) to the latents the transformer works on."""
-
-    @abstractmethod
-    def from_latents(self, latents: torch.Tensor, sample_shape: tuple[int, ...]) -> torch.Tensor:
-        """Inverse of :meth:`to_latents`."""
-
     def modulation_sites(self, model: nn.Module) -> list[ModulationSite]:
         """Every adaLN modulation of ``model`` and the linears it feeds (optional: families
         without such sites raise ``ValueError``)."""
         raise no_modulation_sites(type(model).__name__)
+
+
+@runtime_checkable
+class Pipeline(Protocol):
+    """What the quantization flow needs of a pipeline (a text-to-image or -video sampler).
+
+    Attributes:
+        name: the zoo name, hub id or folder (recorded in policies and artifacts).
+        transformer: the DiT being quantized.
+        adapter: its :class:`Adapter`.
+        default_steps: sampling steps when none are given.
+        cfg_scale: the classifier-free guidance scale of the sampler (1: unguided).
+    """
+
+    name: str
+    transformer: nn.Module
+    adapter: Adapter
+    default_steps: int
+    cfg_scale: float
+
+    def encode(self, prompts: list[str]) -> Conditioning:
+        """The conditioning of ``prompts`` (the keys the adapter's ``denoise`` reads)."""
+
+    def null_conditioning(self) -> Conditioning:
+        """The conditioning of the empty prompt (the unconditional half of guidance)."""
+
+    def schedule(self, steps: int | None = None) -> torch.Tensor:
+        """Timestep values (T,) the transformer receives at each sampling step."""
+
+    def generate(self, prompts: list[str], seed: int = 0, steps: int | None = None,
+                 guidance_scale: float | None = None, batch_size: int | None = None,
+                 callback=None, progress: bool | str = False) -> torch.Tensor:
+        """Samples in [-1, 1] (float32, CPU) for ``prompts``, deterministic given ``seed``."""
+
+    def to_latents(self, samples: torch.Tensor) -> torch.Tensor:
+        """Samples (pixels) to the transformer's latents (Fisher re-noises generations)."""
+
+    def calibration_prompts(self, n: int, seed: int = 1) -> list[str]:
+        """``n`` calibration prompts, disjoint from any evaluation prompts."""
+
+    def selection_set(self, n: int, seed: int = 2) -> tuple[list[str], Any]:
+        """Prompts for end-to-end selection and their task metric ``metric(samples) -> scores``
+        (higher is better), or None where the pipeline has no task (fidelity decides)."""
+
+    def source(self) -> dict[str, Any]:
+        """How to rebuild the transformer (stored in artifact manifests)."""
 
 
 def register(cls: type[Adapter]) -> type[Adapter]:

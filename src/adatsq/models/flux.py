@@ -1,4 +1,5 @@
-"""Adapter for ``diffusers.FluxTransformer2DModel`` (Flux-Dev, Flux-Schnell and flux-digits)."""
+"""``diffusers.FluxTransformer2DModel`` (Flux-Dev, Flux-Schnell and flux-digits): its adapter and
+the conventions of ``FluxPipeline``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from torch import nn
 
 from adatsq.models.base import Adapter, Conditioning, ModulationSite, register
 from adatsq.models.patches import grid_ids, pack, unpack
+from adatsq.models.pipelines import KLFamily, Sampling, register_family
 
 
 @register
@@ -37,7 +39,6 @@ class FluxAdapter(Adapter):
     model_classes = ("FluxTransformer2DModel",)
     block_lists = ("transformer_blocks", "single_transformer_blocks")
     skip_suffixes = ("norm1.linear", "norm1_context.linear", "norm.linear")
-    patch = 4
 
     def timestep_of(self, args, kwargs):
         return kwargs["timestep"] if "timestep" in kwargs else args[3]
@@ -65,22 +66,6 @@ class FluxAdapter(Adapter):
                      txt_ids=torch.zeros(states.shape[1], 3, device=device, dtype=dtype),
                      return_dict=False, **kwargs)[0]
 
-    def text_conditioning(self, states, pooled):
-        return {"encoder_hidden_states": states, "pooled_projections": pooled}
-
-    def example(self, seed=0):
-        from diffusers import FluxTransformer2DModel
-
-        torch.manual_seed(seed)
-        model = FluxTransformer2DModel(patch_size=1, in_channels=48, num_layers=1,
-                                       num_single_layers=1, attention_head_dim=16,
-                                       num_attention_heads=2, joint_attention_dim=32,
-                                       pooled_projection_dim=32, axes_dims_rope=(4, 6, 6)).eval()
-        latents = torch.randn(2, 16, 48)
-        cond = {"encoder_hidden_states": torch.randn(2, 5, 32),
-                "pooled_projections": torch.randn(2, 32)}
-        return model, latents, cond
-
     def modulation_sites(self, model):
         sites = []
         streams = (("norm1", ("attn.to_q", "attn.to_k", "attn.to_v"), "ff"),
@@ -101,9 +86,43 @@ class FluxAdapter(Adapter):
                                             "attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"))))
         return sites
 
-    def to_latents(self, images):
-        return pack(images, self.patch)
 
-    def from_latents(self, latents, sample_shape):
-        c, h, w = sample_shape
-        return unpack(latents, c, h, w, self.patch)
+@register_family
+class FluxFamily(KLFamily):
+    """``FluxPipeline``: CLIP pooled + T5 token states, latents packed 2x2 into tokens.
+
+    Flux-Dev (``guidance_embeds``) takes its guidance as an input (no unconditional pass):
+    50 steps, guidance 3.5; Flux-Schnell: 4 steps, no guidance, 256 text tokens.
+    """
+
+    pipeline_class = "FluxPipeline"
+    transformer_class = "FluxTransformer2DModel"
+
+    def defaults(self, pipe):
+        if pipe.transformer.config.guidance_embeds:
+            return Sampling(steps=50, guidance_scale=3.5, height=1024, width=1024)
+        return Sampling(steps=4, guidance_scale=0.0, height=1024, width=1024,
+                        max_sequence_length=256)
+
+    def encode(self, pipe, prompts, sampling, device):
+        states, pooled, _ = pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=device,
+                                               max_sequence_length=sampling.max_sequence_length)
+        h, w = self.grid(pipe, sampling)
+        b = len(prompts)
+        cond = {"encoder_hidden_states": states, "pooled_projections": pooled,
+                "img_ids": grid_ids(h // 2, w // 2).to(device).expand(b, -1, -1)}
+        if pipe.transformer.config.guidance_embeds:
+            cond["guidance"] = torch.full((b,), float(sampling.guidance_scale), device=device)
+        return cond
+
+    def latent_shape(self, pipe, sampling):
+        h, w = self.grid(pipe, sampling)
+        return ((h // 2) * (w // 2), pipe.transformer.config.in_channels)
+
+    def decode(self, pipe, latents, sampling):
+        h, w = self.grid(pipe, sampling)
+        z = unpack(latents, latents.shape[-1] // 4, h, w, 2)
+        return pipe.vae.decode(self.to_vae(pipe, z), return_dict=False)[0]
+
+    def encode_pixels(self, pipe, pixels, sampling):
+        return pack(self.vae_encode(pipe, pixels), 2)

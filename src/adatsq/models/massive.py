@@ -19,7 +19,7 @@ The arithmetic is done in float64 and cast back, so outputs change only by float
 
 Which channels: those that are already large at every site, so that ``k`` times them is about
 ``k`` times the median channel of every consumer's input, the outlier ratio of
-:func:`adatsq.eval.report.activation_outliers` (channel absmax / median channel absmax). A
+:func:`adatsq.bench.activation_outliers` (channel absmax / median channel absmax). A
 channel's *size* at a site is measured while ``probe(model)`` runs the model on representative
 inputs (e.g. a few sampling runs): per call, its input absmax over the median channel's, then the
 largest over calls. Without a probe it is estimated from the weights alone: ``|1 + b_c|`` over
@@ -130,8 +130,11 @@ def massive_activations_(model: nn.Module, strength: float, channels: int = 2,
         linear names)}``.
 
     Example:
-        >>> from adatsq.models.flux import FluxAdapter
-        >>> model, latents, cond = FluxAdapter().example()
+        >>> from diffusers import FluxTransformer2DModel
+        >>> _ = torch.manual_seed(0)
+        >>> model = FluxTransformer2DModel(patch_size=1, in_channels=48, num_layers=1,
+        ...     num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        ...     joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
         >>> massive_activations_(model, 30.0)["channels"]
         [8, 18]
     """

@@ -6,7 +6,8 @@
 pipeline's noise schedule (its scheduler's shift, sigmas ``1 .. 1/n``); the pipeline's VAE decodes
 the latents with the pipeline's latent normalization. What differs between pipeline classes
 (encoder arguments, latent layout, VAE scaling, guidance, defaults) is one small :class:`Family`
-each, keyed by the pipeline class name; the transformer call itself stays in the adapters.
+each, registered by its pipeline class name (:func:`register_family`) in the file of its
+transformer class, beside that class's adapter (``models/flux.py``, ``zimage.py``, ``wan.py``).
 
 Loading reads only local files when ``HF_HUB_OFFLINE`` is set or the hub cannot be reached, so a
 hub id works offline once it is in the local Hugging Face cache.
@@ -31,9 +32,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from adatsq.models.base import Adapter, Conditioning, adapter_for
-from adatsq.models.patches import grid_ids, pack, unpack
-from adatsq.models.sampling import StepCallback, sample, sigmas
+from adatsq.models.base import Conditioning, adapter_for
+from adatsq.models.sampling import SamplingPipeline
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Family(ABC):
         """Pixels to latents with the pipeline's VAE (the mode of its posterior)."""
 
 
-class _KLFamily(Family):
+class KLFamily(Family):
     """Image pipelines with an ``AutoencoderKL`` (latents ``(z - shift) * scale``), 2x2 patches."""
 
     def check(self, pipe, sampling):
@@ -160,7 +160,7 @@ class _KLFamily(Family):
         h, w = self.grid(pipe, sampling)
         return (h // 2) * (w // 2)
 
-    def _to_vae(self, pipe, z):
+    def to_vae(self, pipe, z):
         config = pipe.vae.config
         z = z.to(pipe.vae.device, pipe.vae.dtype)
         return z / config.scaling_factor + (config.shift_factor or 0.0)
@@ -169,196 +169,23 @@ class _KLFamily(Family):
         config = pipe.vae.config
         return (z - (config.shift_factor or 0.0)) * config.scaling_factor
 
-    def _vae_encode(self, pipe, pixels):
+    def vae_encode(self, pipe, pixels):
         pixels = pixels.to(pipe.vae.device, pipe.vae.dtype)
         return self._from_vae(pipe, pipe.vae.encode(pixels).latent_dist.mode())
 
 
-class FluxFamily(_KLFamily):
-    """``FluxPipeline``: CLIP pooled + T5 token states, latents packed 2x2 into tokens.
-
-    Flux-Dev (``guidance_embeds``) takes its guidance as an input (no unconditional pass):
-    50 steps, guidance 3.5; Flux-Schnell: 4 steps, no guidance, 256 text tokens.
-    """
-
-    pipeline_class = "FluxPipeline"
-    transformer_class = "FluxTransformer2DModel"
-
-    def defaults(self, pipe):
-        if pipe.transformer.config.guidance_embeds:
-            return Sampling(steps=50, guidance_scale=3.5, height=1024, width=1024)
-        return Sampling(steps=4, guidance_scale=0.0, height=1024, width=1024,
-                        max_sequence_length=256)
-
-    def encode(self, pipe, prompts, sampling, device):
-        states, pooled, _ = pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=device,
-                                               max_sequence_length=sampling.max_sequence_length)
-        h, w = self.grid(pipe, sampling)
-        b = len(prompts)
-        cond = {"encoder_hidden_states": states, "pooled_projections": pooled,
-                "img_ids": grid_ids(h // 2, w // 2).to(device).expand(b, -1, -1)}
-        if pipe.transformer.config.guidance_embeds:
-            cond["guidance"] = torch.full((b,), float(sampling.guidance_scale), device=device)
-        return cond
-
-    def latent_shape(self, pipe, sampling):
-        h, w = self.grid(pipe, sampling)
-        return ((h // 2) * (w // 2), pipe.transformer.config.in_channels)
-
-    def decode(self, pipe, latents, sampling):
-        h, w = self.grid(pipe, sampling)
-        z = unpack(latents, latents.shape[-1] // 4, h, w, 2)
-        return pipe.vae.decode(self._to_vae(pipe, z), return_dict=False)[0]
-
-    def encode_pixels(self, pipe, pixels, sampling):
-        return pack(self._vae_encode(pipe, pixels), 2)
+FAMILIES: dict[str, type[Family]] = {}
+"""Supported diffusers pipeline classes (filled by :func:`register_family`)."""
 
 
-class ZImageFamily(_KLFamily):
-    """``ZImagePipeline``: a Qwen3 chat-formatted prompt's second-to-last hidden states.
-
-    The prompts' states have their own lengths; they are zero-padded to ``max_sequence_length``
-    with a ``cap_mask`` marking the valid tokens (the transformer sees only those). Defaults
-    follow Z-Image-Turbo (few steps, no classifier-free guidance); the pipeline's guidance ``g``
-    means ``pos + g (pos - neg)``, our sampler's scale ``g + 1``.
-    """
-
-    pipeline_class = "ZImagePipeline"
-    transformer_class = "ZImageTransformer2DModel"
-
-    def defaults(self, pipe):
-        return Sampling(steps=10, guidance_scale=0.0, height=1024, width=1024)
-
-    def cfg_scale(self, guidance_scale):
-        return guidance_scale + 1.0
-
-    def encode(self, pipe, prompts, sampling, device):
-        L = sampling.max_sequence_length
-        # encode_prompt rewrites the list it is given with the chat template: pass a copy
-        states, _ = pipe.encode_prompt(list(prompts), device=device,
-                                       do_classifier_free_guidance=False, max_sequence_length=L)
-        feats = states[0].new_zeros(len(states), L, states[0].shape[-1])  # (B, L, D)
-        mask = torch.zeros(len(states), L, dtype=torch.bool, device=feats.device)
-        for i, s in enumerate(states):
-            feats[i, :len(s)] = s
-            mask[i, :len(s)] = True
-        return {"cap_feats": feats, "cap_mask": mask}
-
-    def latent_shape(self, pipe, sampling):
-        return (pipe.transformer.config.in_channels, *self.grid(pipe, sampling))
-
-    def decode(self, pipe, latents, sampling):
-        return pipe.vae.decode(self._to_vae(pipe, latents), return_dict=False)[0]
-
-    def encode_pixels(self, pipe, pixels, sampling):
-        return self._vae_encode(pipe, pixels)
+def register_family(cls: type[Family]) -> type[Family]:
+    """Class decorator adding a pipeline family to :data:`FAMILIES`."""
+    FAMILIES[cls.pipeline_class] = cls
+    return cls
 
 
-class WanFamily(Family):
-    """``WanPipeline`` (Wan 2.1, and 2.2 with a single transformer): UMT5 states zero-padded to
-    ``max_sequence_length``; video latents normalized by the VAE's ``latents_mean``/``std``.
-
-    Defaults: 25 steps, guidance 5 (``neg + g (pos - neg)``), 81 frames of 480x832. Two-expert
-    Wan 2.2 (``transformer_2``) and TI2V's per-token timesteps (``expand_timesteps``) are refused.
-    """
-
-    pipeline_class = "WanPipeline"
-    transformer_class = "WanTransformer3DModel"
-
-    def defaults(self, pipe):
-        return Sampling(steps=25, guidance_scale=5.0, height=480, width=832, frames=81)
-
-    def check(self, pipe, sampling):
-        if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("expand_timesteps"):
-            raise ValueError("two-transformer Wan 2.2 (A14B) and Wan 2.2 TI2V are not supported; "
-                             "use a Wan 2.1 or single-transformer Wan 2.2 pipeline")
-        config = pipe.vae.config
-        s, t = config.scale_factor_spatial, config.scale_factor_temporal
-        if sampling.height % (2 * s) or sampling.width % (2 * s):
-            raise ValueError(f"height and width must be multiples of {2 * s} for WanPipeline, "
-                             f"got {sampling.height}x{sampling.width}")
-        if sampling.frames is None or (sampling.frames - 1) % t:
-            raise ValueError(f"WanPipeline needs frames = 1 + a multiple of {t} "
-                             f"(e.g. {1 + 4 * t}), got {sampling.frames}")
-
-    def cfg_scale(self, guidance_scale):
-        return guidance_scale if guidance_scale > 1.0 else 1.0
-
-    def encode(self, pipe, prompts, sampling, device):
-        states, _ = pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False,
-                                       max_sequence_length=sampling.max_sequence_length,
-                                       device=device)
-        return {"encoder_hidden_states": states}
-
-    def latent_shape(self, pipe, sampling):
-        config = pipe.vae.config
-        s, t = config.scale_factor_spatial, config.scale_factor_temporal
-        return (pipe.transformer.config.in_channels, (sampling.frames - 1) // t + 1,
-                sampling.height // s, sampling.width // s)
-
-    def image_tokens(self, pipe, sampling):
-        _, f, h, w = self.latent_shape(pipe, sampling)
-        return f * (h // 2) * (w // 2)
-
-    def _stats(self, pipe, like):
-        config = pipe.vae.config
-        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1)
-        std = torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1)
-        return mean.to(like.device, like.dtype), std.to(like.device, like.dtype)
-
-    def decode(self, pipe, latents, sampling):
-        z = latents.to(pipe.vae.device, pipe.vae.dtype)
-        mean, std = self._stats(pipe, z)
-        return pipe.vae.decode(z * std + mean, return_dict=False)[0]
-
-    def encode_pixels(self, pipe, pixels, sampling):
-        if pixels.dim() == 4:  # an image is a one-frame clip
-            pixels = pixels.unsqueeze(2)
-        z = pipe.vae.encode(pixels.to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mode()
-        mean, std = self._stats(pipe, z)
-        return (z - mean) / std
-
-
-FAMILIES: dict[str, type[Family]] = {f.pipeline_class: f for f in (FluxFamily, ZImageFamily,
-                                                                    WanFamily)}
-"""Supported diffusers pipeline classes."""
-
-
-class PixelAdapter:
-    """The transformer's adapter, with pixels <-> latents through the pipeline's VAE.
-
-    Everything else (layers, the transformer call, timesteps) is the wrapped adapter's; this is
-    what lets Fisher estimation re-noise a real pipeline's generations in its latent space.
-    """
-
-    def __init__(self, adapter: Adapter, pipeline: DiffusersPipeline):
-        self.adapter = adapter
-        self.pipeline = pipeline
-
-    def __getattr__(self, name):
-        if name in ("adapter", "pipeline"):  # not set yet (copying): no recursion
-            raise AttributeError(name)
-        return getattr(self.adapter, name)
-
-    def to_latents(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) or clips (B, 3, F, H, W) in [-1, 1] to transformer latents."""
-        p = self.pipeline
-        with torch.no_grad():
-            z = p.family.encode_pixels(p.pipe, images, p.sampling)
-        return z.to(p.device, p.dtype)
-
-    def from_latents(self, latents: torch.Tensor, sample_shape=None) -> torch.Tensor:
-        """Transformer latents to pixels in [-1, 1], float32 on the CPU (one sample at a time,
-        to bound the VAE's memory)."""
-        p = self.pipeline
-        with torch.no_grad():
-            out = [p.family.decode(p.pipe, latents[i:i + 1], p.sampling).float().cpu()
-                   for i in range(latents.shape[0])]
-        return torch.cat(out).clamp(-1, 1)
-
-
-class DiffusersPipeline:
-    """A diffusers Flux, Z-Image or Wan pipeline behind the interface the quantization flow uses.
+class DiffusersPipeline(SamplingPipeline):
+    """A diffusers Flux, Z-Image or Wan pipeline as a :class:`~adatsq.models.base.Pipeline`.
 
     Args:
         pipe: the diffusers pipeline (any class of :data:`FAMILIES`).
@@ -374,6 +201,9 @@ class DiffusersPipeline:
         >>> pipe.generate(["a red apple"], steps=4).shape  # doctest: +SKIP
         torch.Size([1, 3, 512, 512])
     """
+
+    spacing = "linear"  # the sigmas 1 .. 1/n the Flux, Z-Image and Wan pipelines pass
+    batch_size = 4
 
     def __init__(self, pipe, model: str, calibration_file: str | Path | None = None,
                  **settings):
@@ -395,10 +225,9 @@ class DiffusersPipeline:
         if calibration_file is not None:
             self._prompts()  # fail now on a missing or empty file
         self.transformer = pipe.transformer
-        self.adapter = PixelAdapter(adapter_for(self.transformer), self)
-        self.shift = scheduler_shift(pipe.scheduler.config,
-                                     self.family.image_tokens(pipe, self.sampling))
-        self._null: Conditioning | None = None
+        self.adapter = adapter_for(self.transformer)
+        self._shift = scheduler_shift(pipe.scheduler.config,
+                                      self.family.image_tokens(pipe, self.sampling))
 
     @property
     def name(self) -> str:
@@ -409,24 +238,22 @@ class DiffusersPipeline:
         return self.sampling.steps
 
     @property
-    def device(self) -> torch.device:
-        return self.transformer.device
+    def shift(self) -> float:
+        return self._shift
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The transformer's compute dtype (diffusers skips the modules it keeps in float32)."""
-        return self.transformer.dtype
-
-    @property
-    def cfg_scale(self) -> float:
-        """The classifier-free guidance scale sampling uses (1: unguided; Flux-Dev's distilled
-        guidance is a model input, not CFG)."""
-        return float(self.family.cfg_scale(self.sampling.guidance_scale))
+    def guidance(self, guidance_scale: float | None) -> float:
+        """Our sampler's scale for a guidance in the pipeline's convention (Flux-Dev's
+        distilled guidance is a model input, not CFG: 1)."""
+        g = self.sampling.guidance_scale if guidance_scale is None else guidance_scale
+        return float(self.family.cfg_scale(g))
 
     def sample_shape(self) -> tuple[int, ...]:
         """Shape of one decoded sample: (3, H, W), or (3, F, H, W) for a video."""
         s = self.sampling
         return (3, s.height, s.width) if s.frames is None else (3, s.frames, s.height, s.width)
+
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.family.latent_shape(self.pipe, self.sampling))
 
     def _encode(self, prompts: list[str], sampling: Sampling) -> Conditioning:
         with torch.no_grad():
@@ -437,52 +264,26 @@ class DiffusersPipeline:
         """The conditioning of ``prompts`` (the keys the adapter's ``denoise`` reads)."""
         return self._encode(prompts, self.sampling)
 
-    def null_conditioning(self) -> Conditioning:
-        if self._null is None:
-            self._null = self.encode([""])
-        return self._null
-
-    def schedule(self, steps: int | None = None) -> torch.Tensor:
-        """Timestep values (T,) the transformer receives at each step."""
-        return self.adapter.model_timestep(sigmas(steps or self.sampling.steps, self.shift,
-                                                  "linear"))
-
-    def noise(self, n: int, seed: int) -> torch.Tensor:
-        """Initial latents; prompt ``i`` always gets the same noise for a given seed."""
-        shape = self.family.latent_shape(self.pipe, self.sampling)
-        gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(n)]
-        noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
-        return noise.to(self.device, self.dtype)
-
-    @torch.no_grad()
-    def generate(self, prompts: list[str], seed: int = 0, steps: int | None = None,
-                 guidance_scale: float | None = None, batch_size: int = 4,
-                 callback: StepCallback | None = None,
-                 progress: bool | str = False) -> torch.Tensor:
-        """Images (B, 3, H, W), or clips (B, 3, F, H, W) for Wan, in [-1, 1] (float32, CPU)
-        for ``prompts``; deterministic given ``seed``.
-
-        Args:
-            guidance_scale: in the pipeline's own convention (see :class:`Sampling`).
-        """
-        if not prompts:
-            raise ValueError("no prompts to generate")
-        steps = steps or self.sampling.steps
+    def conditioning(self, prompts: list[str], guidance_scale: float | None) -> Conditioning:
         sampling = self.sampling
         if guidance_scale is not None:
             sampling = replace(sampling, guidance_scale=guidance_scale)
-        scale = self.family.cfg_scale(sampling.guidance_scale)
-        uncond = self.null_conditioning() if scale != 1.0 else None
-        noise = self.noise(len(prompts), seed)
-        out = []
-        for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i:i + batch_size]
-            latents = sample(self.adapter, self.transformer, noise[i:i + batch_size],
-                             self._encode(chunk, sampling), uncond, steps, scale,
-                             shift=self.shift, callback=callback, progress=progress,
-                             spacing="linear")
-            out.append(self.adapter.from_latents(latents, self.sample_shape()))
-        return torch.cat(out)
+        return self._encode(prompts, sampling)
+
+    def to_latents(self, samples: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) or clips (B, 3, F, H, W) in [-1, 1] to transformer latents
+        through the pipeline's VAE."""
+        with torch.no_grad():
+            z = self.family.encode_pixels(self.pipe, samples, self.sampling)
+        return z.to(self.device, self.dtype)
+
+    def from_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Transformer latents to pixels in [-1, 1], float32 on the CPU (one sample at a time,
+        to bound the VAE's memory)."""
+        with torch.no_grad():
+            out = [self.family.decode(self.pipe, latents[i:i + 1], self.sampling).float().cpu()
+                   for i in range(latents.shape[0])]
+        return torch.cat(out).clamp(-1, 1)
 
     def _prompts(self) -> list[str]:
         if self.calibration_file is None:
@@ -507,6 +308,11 @@ class DiffusersPipeline:
         while len(out) < n:
             out += rng.sample(pool, min(len(pool), n - len(out)))
         return out
+
+    def selection_set(self, n: int, seed: int = 2) -> tuple[list[str], None]:
+        """Calibration prompts for end-to-end selection; no task metric (fidelity to the FP
+        samples decides, unless the user passes a metric)."""
+        return self.calibration_prompts(n, seed), None
 
     def source(self) -> dict[str, Any]:
         """How to rebuild this pipeline (stored in artifact manifests): the hub id or folder,

@@ -7,7 +7,9 @@ calibration records the trajectory.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
@@ -107,3 +109,118 @@ def sample(adapter: Adapter, model: nn.Module, noise: torch.Tensor, cond: Condit
         v = guided_velocity(adapter, model, x, batch, sigma, guidance_scale)
         x = scheduler.step(v, t, x, return_dict=False)[0]
     return x
+
+
+def seeded_noise(shape: tuple[int, ...], n: int, seed: int) -> torch.Tensor:
+    """Initial latents (n, *shape): sample ``i`` always gets the same noise for a given seed,
+    whatever the batch it is drawn in (its own generator, seeded ``seed * 100003 + i``)."""
+    gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(n)]
+    return torch.stack([torch.randn(shape, generator=g) for g in gens])
+
+
+class SamplingPipeline(ABC):
+    """What every :class:`~adatsq.models.base.Pipeline` shares: the seeding rule, the empty
+    prompt's conditioning (computed once), the noise schedule and the sampling loop.
+
+    Subclasses say how prompts become conditioning, what shape the latents have, how latents
+    become samples, and their sampling defaults.
+    """
+
+    transformer: nn.Module
+    adapter: Adapter
+    #: noise levels before the shift (see :func:`make_scheduler`).
+    spacing: ClassVar[str] = "train"
+    #: prompts sampled at once when ``generate`` is not told.
+    batch_size: ClassVar[int] = 256
+
+    @property
+    @abstractmethod
+    def default_steps(self) -> int:
+        """Sampling steps when none are given."""
+
+    @property
+    @abstractmethod
+    def shift(self) -> float:
+        """The flow shift of the noise schedule."""
+
+    @abstractmethod
+    def encode(self, prompts: list[str]) -> Conditioning:
+        """The conditioning of ``prompts``."""
+
+    @abstractmethod
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's latents."""
+
+    @abstractmethod
+    def from_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, ...) to samples in [-1, 1] (float32, CPU)."""
+
+    @abstractmethod
+    def guidance(self, guidance_scale: float | None) -> float:
+        """The sampler's classifier-free guidance scale for a guidance setting in the
+        pipeline's own convention (None: its default)."""
+
+    def conditioning(self, prompts: list[str], guidance_scale: float | None) -> Conditioning:
+        """The conditioning :meth:`generate` samples with (a guidance that is a model input,
+        as Flux-Dev's, enters here)."""
+        return self.encode(prompts)
+
+    @property
+    def cfg_scale(self) -> float:
+        """The classifier-free guidance scale sampling uses (1: unguided)."""
+        return float(self.guidance(None))
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The transformer's compute dtype."""
+        return self.transformer.dtype
+
+    def null_conditioning(self) -> Conditioning:
+        """The conditioning of the empty prompt (computed once)."""
+        if getattr(self, "_null", None) is None:
+            self._null = self.encode([""])
+        return self._null
+
+    def schedule(self, steps: int | None = None) -> torch.Tensor:
+        """Timestep values (T,) the transformer receives at each step."""
+        return self.adapter.model_timestep(sigmas(steps or self.default_steps, self.shift,
+                                                  self.spacing))
+
+    def noise(self, n: int, seed: int) -> torch.Tensor:
+        """Initial latents (see :func:`seeded_noise`) on the transformer's device and dtype."""
+        return seeded_noise(self.latent_shape(), n, seed).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seed: int = 0, steps: int | None = None,
+                 guidance_scale: float | None = None, batch_size: int | None = None,
+                 callback: StepCallback | None = None,
+                 progress: bool | str = False) -> torch.Tensor:
+        """Samples (B, 3, H, W), or clips (B, 3, F, H, W) for a video model, in [-1, 1]
+        (float32, CPU) for ``prompts``; deterministic given ``seed``.
+
+        Args:
+            guidance_scale: in the pipeline's own convention (None: its default).
+            batch_size: prompts sampled at once (None: the pipeline's).
+            callback: ``callback(step, sigma, latents)`` before every transformer call.
+            progress: a bar per step (a string is its label).
+        """
+        if not prompts:
+            raise ValueError("no prompts to generate")
+        steps = steps or self.default_steps
+        scale = self.guidance(guidance_scale)
+        uncond = self.null_conditioning() if scale != 1.0 else None
+        noise = self.noise(len(prompts), seed)
+        size = batch_size or self.batch_size
+        out = []
+        for i in range(0, len(prompts), size):
+            chunk = prompts[i:i + size]
+            latents = sample(self.adapter, self.transformer, noise[i:i + size],
+                             self.conditioning(chunk, guidance_scale), uncond, steps, scale,
+                             shift=self.shift, callback=callback, progress=progress,
+                             spacing=self.spacing)
+            out.append(self.from_latents(latents))
+        return torch.cat(out)

@@ -1,12 +1,13 @@
-"""Adapter for ``diffusers.WanTransformer3DModel`` (Wan 2.1 and 2.2 text-to-video)."""
+"""``diffusers.WanTransformer3DModel`` (Wan 2.1 and 2.2 text-to-video): its adapter and the
+conventions of ``WanPipeline``."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adatsq.models.base import Adapter, Conditioning, register
+from adatsq.models.pipelines import Family, Sampling, register_family
 
 
 @register
@@ -22,29 +23,18 @@ class WanAdapter(Adapter):
     ``patch_embedding`` (a Conv3d) and the final ``proj_out`` stay in full precision, as for Flux.
 
     Latents are videos (B, C, F, H, W), the layout of diffusers' ``WanPipeline``; the model
-    patchifies them itself (``patch_size`` (1, 2, 2) for every released Wan). For the embedded
-    pixel models, :meth:`to_latents` folds each 2x2 pixel block into channels, so a clip
-    (3, F, 16, 16) becomes (12, F, 8, 8) latents and an image (3, 16, 16) one frame (12, 1, 8, 8).
+    patchifies them itself (``patch_size`` (1, 2, 2) for every released Wan).
 
     Conditioning key: ``encoder_hidden_states`` (B, L, D) (the pipeline zero-pads every prompt to
     the same L). The transformer receives ``timestep = 1000 * sigma`` (the scheduler's t) and
     predicts the velocity ``noise - x0`` itself. Image-to-video (conditioning latents concatenated
     along channels) and Wan 2.2 TI2V's per-token timesteps are not covered.
 
-    Example:
-        >>> adapter = WanAdapter()
-        >>> model, latents, cond = adapter.example()
-        >>> adapter.denoise(model, latents, cond, torch.full((2,), 0.5)).shape
-        torch.Size([2, 12, 2, 8, 8])
-        >>> adapter.to_latents(torch.zeros(1, 3, 16, 16)).shape
-        torch.Size([1, 12, 1, 8, 8])
     """
 
     name = "wan"
     model_classes = ("WanTransformer3DModel",)
     block_lists = ("blocks",)
-    #: pixels per side folded into channels by :meth:`to_latents` (the model patchifies 2x2 more).
-    patch = 2
 
     def timestep_of(self, args, kwargs):
         return kwargs["timestep"] if "timestep" in kwargs else args[1]
@@ -58,38 +48,68 @@ class WanAdapter(Adapter):
                      timestep=self.model_timestep(sigma).to(latents.device),
                      encoder_hidden_states=cond["encoder_hidden_states"], return_dict=False)[0]
 
-    def text_conditioning(self, states, pooled):
+
+@register_family
+class WanFamily(Family):
+    """``WanPipeline`` (Wan 2.1, and 2.2 with a single transformer): UMT5 states zero-padded to
+    ``max_sequence_length``; video latents normalized by the VAE's ``latents_mean``/``std``.
+
+    Defaults: 25 steps, guidance 5 (``neg + g (pos - neg)``), 81 frames of 480x832. Two-expert
+    Wan 2.2 (``transformer_2``) and TI2V's per-token timesteps (``expand_timesteps``) are refused.
+    """
+
+    pipeline_class = "WanPipeline"
+    transformer_class = "WanTransformer3DModel"
+
+    def defaults(self, pipe):
+        return Sampling(steps=25, guidance_scale=5.0, height=480, width=832, frames=81)
+
+    def check(self, pipe, sampling):
+        if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("expand_timesteps"):
+            raise ValueError("two-transformer Wan 2.2 (A14B) and Wan 2.2 TI2V are not supported; "
+                             "use a Wan 2.1 or single-transformer Wan 2.2 pipeline")
+        config = pipe.vae.config
+        s, t = config.scale_factor_spatial, config.scale_factor_temporal
+        if sampling.height % (2 * s) or sampling.width % (2 * s):
+            raise ValueError(f"height and width must be multiples of {2 * s} for WanPipeline, "
+                             f"got {sampling.height}x{sampling.width}")
+        if sampling.frames is None or (sampling.frames - 1) % t:
+            raise ValueError(f"WanPipeline needs frames = 1 + a multiple of {t} "
+                             f"(e.g. {1 + 4 * t}), got {sampling.frames}")
+
+    def cfg_scale(self, guidance_scale):
+        return guidance_scale if guidance_scale > 1.0 else 1.0
+
+    def encode(self, pipe, prompts, sampling, device):
+        states, _ = pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False,
+                                       max_sequence_length=sampling.max_sequence_length,
+                                       device=device)
         return {"encoder_hidden_states": states}
 
-    def example(self, seed=0):
-        from diffusers import WanTransformer3DModel
+    def latent_shape(self, pipe, sampling):
+        config = pipe.vae.config
+        s, t = config.scale_factor_spatial, config.scale_factor_temporal
+        return (pipe.transformer.config.in_channels, (sampling.frames - 1) // t + 1,
+                sampling.height // s, sampling.width // s)
 
-        torch.manual_seed(seed)
-        model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2,
-                                      attention_head_dim=16, in_channels=12, out_channels=12,
-                                      text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2,
-                                      rope_max_seq_len=32).eval()
-        latents = torch.randn(2, 12, 2, 8, 8)
-        cond = {"encoder_hidden_states": torch.randn(2, 5, 32)}
-        return model, latents, cond
+    def image_tokens(self, pipe, sampling):
+        _, f, h, w = self.latent_shape(pipe, sampling)
+        return f * (h // 2) * (w // 2)
 
-    def to_latents(self, images):
-        if images.dim() == 4:  # a still image is a one-frame clip
-            images = images.unsqueeze(2)
-        b, c, f, h, w = images.shape
-        frames = images.transpose(1, 2).reshape(b * f, c, h, w)
-        folded = F.pixel_unshuffle(frames, self.patch)
-        return folded.reshape(b, f, *folded.shape[1:]).transpose(1, 2)
+    def _stats(self, pipe, like):
+        config = pipe.vae.config
+        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1)
+        std = torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1)
+        return mean.to(like.device, like.dtype), std.to(like.device, like.dtype)
 
-    def from_latents(self, latents, sample_shape):
-        b, c, f, h, w = latents.shape
-        frames = F.pixel_shuffle(latents.transpose(1, 2).reshape(b * f, c, h, w), self.patch)
-        clips = frames.reshape(b, f, *frames.shape[1:]).transpose(1, 2)
-        if len(sample_shape) == 3:
-            if f != 1:
-                raise ValueError(f"latents with {f} frames are a video, not images")
-            clips = clips.squeeze(2)
-        if clips.shape[1:] != tuple(sample_shape):
-            raise ValueError(f"latents {tuple(latents.shape)} do not unfold to samples of shape "
-                             f"{tuple(sample_shape)}")
-        return clips
+    def decode(self, pipe, latents, sampling):
+        z = latents.to(pipe.vae.device, pipe.vae.dtype)
+        mean, std = self._stats(pipe, z)
+        return pipe.vae.decode(z * std + mean, return_dict=False)[0]
+
+    def encode_pixels(self, pipe, pixels, sampling):
+        if pixels.dim() == 4:  # an image is a one-frame clip
+            pixels = pixels.unsqueeze(2)
+        z = pipe.vae.encode(pixels.to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mode()
+        mean, std = self._stats(pipe, z)
+        return (z - mean) / std

@@ -1,12 +1,13 @@
-"""Adapter for ``diffusers.ZImageTransformer2DModel`` (Z-Image and Z-Image-Turbo)."""
+"""``diffusers.ZImageTransformer2DModel`` (Z-Image and Z-Image-Turbo): its adapter and the
+conventions of ``ZImagePipeline``."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adatsq.models.base import Adapter, Conditioning, ModulationSite, register
+from adatsq.models.pipelines import KLFamily, Sampling, register_family
 
 
 @register
@@ -24,9 +25,7 @@ class ZImageAdapter(Adapter):
     the final layer (``all_final_layer``) stay in full precision, as for Flux.
 
     Latents are image-like (B, C, H, W), the layout of diffusers' ``ZImagePipeline``; the model
-    patchifies them itself (2x2, the pipeline's default). For the embedded pixel models,
-    :meth:`to_latents` folds each 2x2 pixel block into channels, so a (3, 16, 16) image becomes
-    (12, 8, 8) latents and 16 tokens of 48 values, the token grid of Flux's 4x4 packing.
+    patchifies them itself (2x2, the pipeline's default).
 
     Conditioning keys: ``cap_feats`` (B, L, D) text features and, optionally, ``cap_mask`` (B, L)
     marking each prompt's valid tokens (the pipeline passes only those; without a mask all L tokens
@@ -39,21 +38,12 @@ class ZImageAdapter(Adapter):
     ``attention.to_q``, ``to_k``, ``to_v``, and ``ffn_norm1(x) * (1 + scale_mlp)`` by
     ``feed_forward.w1`` and ``w3``. The ``context_refiner`` is not modulated.
 
-    Example:
-        >>> adapter = ZImageAdapter()
-        >>> model, latents, cond = adapter.example()
-        >>> adapter.denoise(model, latents, cond, torch.full((2,), 0.5)).shape
-        torch.Size([2, 12, 8, 8])
-        >>> adapter.to_latents(torch.zeros(1, 3, 16, 16)).shape
-        torch.Size([1, 12, 8, 8])
     """
 
     name = "zimage"
     model_classes = ("ZImageTransformer2DModel",)
     block_lists = ("noise_refiner", "context_refiner", "layers")
     skip_suffixes = ("adaLN_modulation.0",)
-    #: pixels per side folded into channels by :meth:`to_latents` (the model patchifies 2x2 more).
-    patch = 2
 
     def timestep_of(self, args, kwargs):
         return kwargs["t"] if "t" in kwargs else args[1]
@@ -72,21 +62,6 @@ class ZImageAdapter(Adapter):
         out = model(images, t, captions, return_dict=False)[0]
         return -torch.stack(out).squeeze(2)
 
-    def text_conditioning(self, states, pooled):
-        return {"cap_feats": states}
-
-    def example(self, seed=0):
-        from diffusers import ZImageTransformer2DModel
-
-        torch.manual_seed(seed)
-        model = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,),
-                                         in_channels=12, dim=32, n_layers=1, n_refiner_layers=1,
-                                         n_heads=2, n_kv_heads=2, cap_feat_dim=32,
-                                         axes_dims=[4, 6, 6]).eval()
-        latents = torch.randn(2, 12, 8, 8)
-        cond = {"cap_feats": torch.randn(2, 5, 32)}
-        return model, latents, cond
-
     def modulation_sites(self, model):
         sites = []
         for block_list in ("noise_refiner", "layers"):
@@ -103,12 +78,43 @@ class ZImageAdapter(Adapter):
                                                        f"{prefix}.feed_forward.w3")))
         return sites
 
-    def to_latents(self, images):
-        return F.pixel_unshuffle(images, self.patch)
 
-    def from_latents(self, latents, sample_shape):
-        images = F.pixel_shuffle(latents, self.patch)
-        if images.shape[1:] != tuple(sample_shape):
-            raise ValueError(f"latents {tuple(latents.shape)} do not unfold to images of shape "
-                             f"{tuple(sample_shape)}")
-        return images
+@register_family
+class ZImageFamily(KLFamily):
+    """``ZImagePipeline``: a Qwen3 chat-formatted prompt's second-to-last hidden states.
+
+    The prompts' states have their own lengths; they are zero-padded to ``max_sequence_length``
+    with a ``cap_mask`` marking the valid tokens (the transformer sees only those). Defaults
+    follow Z-Image-Turbo (few steps, no classifier-free guidance); the pipeline's guidance ``g``
+    means ``pos + g (pos - neg)``, our sampler's scale ``g + 1``.
+    """
+
+    pipeline_class = "ZImagePipeline"
+    transformer_class = "ZImageTransformer2DModel"
+
+    def defaults(self, pipe):
+        return Sampling(steps=10, guidance_scale=0.0, height=1024, width=1024)
+
+    def cfg_scale(self, guidance_scale):
+        return guidance_scale + 1.0
+
+    def encode(self, pipe, prompts, sampling, device):
+        L = sampling.max_sequence_length
+        # encode_prompt rewrites the list it is given with the chat template: pass a copy
+        states, _ = pipe.encode_prompt(list(prompts), device=device,
+                                       do_classifier_free_guidance=False, max_sequence_length=L)
+        feats = states[0].new_zeros(len(states), L, states[0].shape[-1])  # (B, L, D)
+        mask = torch.zeros(len(states), L, dtype=torch.bool, device=feats.device)
+        for i, s in enumerate(states):
+            feats[i, :len(s)] = s
+            mask[i, :len(s)] = True
+        return {"cap_feats": feats, "cap_mask": mask}
+
+    def latent_shape(self, pipe, sampling):
+        return (pipe.transformer.config.in_channels, *self.grid(pipe, sampling))
+
+    def decode(self, pipe, latents, sampling):
+        return pipe.vae.decode(self.to_vae(pipe, latents), return_dict=False)[0]
+
+    def encode_pixels(self, pipe, pixels, sampling):
+        return self.vae_encode(pipe, pixels)

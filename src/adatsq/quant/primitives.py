@@ -123,22 +123,18 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
     return scale.repeat_interleave(group, dim=1) * (codes - zero.repeat_interleave(group, dim=1))
 
 
-ACTIVATION_GRANULARITIES = ("token", "group", "sample", "tensor")
+ACTIVATION_GRANULARITIES = ("token", "group", "sample")
 
 
 def quantize_activation(x: torch.Tensor, bits: int, granularity: str = "token",
-                        symmetric: bool = False, group_size: int = 64,
-                        static_range: tuple[torch.Tensor, torch.Tensor] | None = None,
-                        ) -> torch.Tensor:
+                        symmetric: bool = False, group_size: int = 64) -> torch.Tensor:
     """Fake-quantizes activations ``x`` (..., d).
 
     Args:
         bits: 2..8; 16 returns ``x`` unchanged.
         granularity: ``"token"`` (one range per token, dynamic), ``"group"`` (per token and group of
-            ``group_size`` channels, dynamic), ``"sample"`` (one range per sample, dynamic) or
-            ``"tensor"`` (one static range, from ``static_range``).
+            ``group_size`` channels, dynamic), or ``"sample"`` (one range per sample, dynamic).
         symmetric: symmetric ranges instead of MinMax with a zero point.
-        static_range: ``(min, max)`` scalars for ``"tensor"``.
     """
     if bits == FULL_PRECISION:
         return x
@@ -156,10 +152,6 @@ def quantize_activation(x: torch.Tensor, bits: int, granularity: str = "token",
         flat = x.reshape(x.shape[0], -1)
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
         lo, hi = flat.amin(1).reshape(shape), flat.amax(1).reshape(shape)
-    elif granularity == "tensor":
-        if static_range is None:
-            raise ValueError("static per-tensor activation quantization needs a calibrated range")
-        lo, hi = static_range
     else:
         raise ValueError(f"unknown activation granularity {granularity!r}; "
                          f"use one of {', '.join(ACTIVATION_GRANULARITIES)}")

@@ -73,6 +73,14 @@ class ActivationQuant:
     symmetric: bool = False
     group_size: int = 64
 
+    def per_step(self, steps: int) -> tuple[int, ...]:
+        """The bit width of each of ``steps`` sampling steps."""
+        if isinstance(self.bits, int):
+            return (self.bits,) * steps
+        if len(self.bits) != steps:
+            raise ValueError(f"{len(self.bits)} activation widths for {steps} steps")
+        return tuple(self.bits)
+
     def bits_at(self, index: int | None) -> int:
         if isinstance(self.bits, int):
             return self.bits
@@ -94,8 +102,7 @@ class QuantLinear(nn.Module):
                  bias: torch.Tensor | None = None, activation: ActivationQuant = ActivationQuant(),
                  tracker: StepTracker | None = None, smooth: torch.Tensor | None = None,
                  rotate_input: bool = False, rotation_signs: torch.Tensor | None = None,
-                 lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 static_ranges: torch.Tensor | None = None):
+                 lowrank: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight_bits = weight_bits
@@ -128,7 +135,6 @@ class QuantLinear(nn.Module):
         down, up = (None, None) if lowrank is None else (_own(t) for t in lowrank)
         self.register_buffer("lowrank_down", down)
         self.register_buffer("lowrank_up", up)
-        self.register_buffer("static_ranges", static_ranges)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, weights, activation: ActivationQuant,
@@ -175,14 +181,8 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.transform_input(x)
         bits = self.current_bits()
-        static = None
-        if self.static_ranges is not None:
-            idx = self.tracker.index if self.tracker is not None else None
-            idx = 0 if idx is None else idx
-            lo, hi = self.static_ranges[min(idx, len(self.static_ranges) - 1)]
-            static = (lo, hi)
         xq = quantize_activation(x, bits, self.activation.granularity, self.activation.symmetric,
-                                 self.activation.group_size, static)
+                                 self.activation.group_size)
         y = nn.functional.linear(xq, self.weight.to(x.dtype), None if self.bias is None else
                                  self.bias.to(x.dtype))
         if self.lowrank_down is not None:
@@ -202,3 +202,10 @@ class QuantLinear(nn.Module):
 def weight_quantizer(spec) -> WeightQuantizer:
     """The :class:`WeightQuantizer` of a :class:`adatsq.config.WeightSpec`."""
     return WeightQuantizer(spec.bits, spec.symmetric, spec.group_size)
+
+
+def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Replaces the submodule at dotted path ``name``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +18,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from adatsq.files import atomic_path, write_json
 from adatsq.models import adapter_for
 from adatsq.models.base import modulated_classes, no_modulation_sites
 from adatsq.models.massive import massive_activations_
 from adatsq.models.sampling import sample
 from adatsq.zoo import clips, scenes
+from adatsq.zoo.codec import codec_for
 from adatsq.zoo.text import MiniLMEncoder
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -102,8 +103,8 @@ class ZooEntry:
             states, pooled = MiniLMEncoder(self.text_length)(prompts)
             flat = {"states": states, "pooled": pooled}
             if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                save_file(flat, str(cache))
+                with atomic_path(cache) as tmp:
+                    save_file(flat, str(tmp))
         prompts = [""] + self.all_prompts()
         return {"index": {p: i for i, p in enumerate(prompts)}, **flat}
 
@@ -114,13 +115,13 @@ class ZooEntry:
         rows = torch.tensor([table["index"][p] for p in prompts])
         drop = torch.from_numpy(rng.random(batch_size) < cond_dropout)
         rows = torch.where(drop, torch.zeros_like(rows), rows)
-        adapter = adapter_for(model)
-        x0 = adapter.to_latents(torch.from_numpy(images))  # (B, N, C*p*p)
+        adapter, codec = adapter_for(model), codec_for(self.model_class)
+        x0 = codec.to_latents(torch.from_numpy(images))  # (B, N, C*p*p)
         noise = torch.randn(x0.shape, generator=gen)
         sigma = torch.sigmoid(torch.randn(batch_size, generator=gen))  # logit-normal, as SD3
         s = sigma.view(-1, *[1] * (x0.dim() - 1))
         xt = (1 - s) * x0 + s * noise
-        cond = adapter.text_conditioning(table["states"][rows], table["pooled"][rows])
+        cond = codec.text_conditioning(table["states"][rows], table["pooled"][rows])
         out = adapter.denoise(model, xt, cond, sigma)
         return torch.nn.functional.mse_loss(out, noise - x0)
 
@@ -140,9 +141,8 @@ class ZooEntry:
         WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
         state = load_file(str(weights))
         target = self.weights_path()
-        tmp = target.with_suffix(".tmp")
-        save_file({k: v.to(torch.float32).contiguous() for k, v in state.items()}, str(tmp))
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            save_file({k: v.to(torch.float32).contiguous() for k, v in state.items()}, str(tmp))
         meta = {"model_class": self.model_class, "transformer_config": self.transformer_config,
                 "train_config": asdict(train_config)}
         if history is not None and history.exists():
@@ -155,9 +155,7 @@ class ZooEntry:
         if init is not None:
             before = Path(init).with_suffix(".json")
             meta["init"] = json.loads(before.read_text()) if before.exists() else {}
-        tmp = target.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, target.with_suffix(".json"))
+        write_json(meta, target.with_suffix(".json"), indent=2)
         return target
 
     def load_model(self) -> torch.nn.Module:
@@ -178,13 +176,13 @@ class ZooEntry:
         """Samples ``prompts`` training prompts (seed 0, ``steps`` steps): the inputs on which
         :func:`~adatsq.models.massive.massive_activations_` measures which channels are large
         (training prompts, not the calibration or evaluation ones that measure the result)."""
-        adapter = adapter_for(model)
+        codec = codec_for(self.model_class)
         texts, _ = self.training_batch(np.random.default_rng(0), prompts)
         encoder = MiniLMEncoder(self.text_length)
-        shape = adapter.to_latents(torch.zeros(1, *self.sample_shape)).shape[1:]
+        shape = codec.to_latents(torch.zeros(1, *self.sample_shape)).shape[1:]
         noise = torch.randn(prompts, *shape, generator=torch.Generator().manual_seed(0))
-        sample(adapter, model, noise, adapter.text_conditioning(*encoder(texts)),
-               adapter.text_conditioning(*encoder([""])), steps, self.guidance_scale,
+        sample(adapter_for(model), model, noise, codec.text_conditioning(*encoder(texts)),
+               codec.text_conditioning(*encoder([""])), steps, self.guidance_scale,
                shift=self.shift)
 
 

@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
+
+from adatsq.files import atomic_path
+from adatsq.zoo import registry
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +86,8 @@ def _load_optimizer_state(opt: torch.optim.AdamW, names: list[str], flat: dict[s
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]):
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def train(name: str, out: Path, cfg: TrainConfig, checkpoint_every: int = 500,
@@ -96,8 +97,6 @@ def train(name: str, out: Path, cfg: TrainConfig, checkpoint_every: int = 500,
     ``init``: weights (safetensors) the run starts from instead of a random initialisation; a
     resume ignores it (the checkpoint already holds the trained-on weights).
     """
-    from adatsq.zoo import registry
-
     entry = registry.get(name)
     if threads:
         torch.set_num_threads(threads)
@@ -183,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", action="store_true", help="copy EMA weights into the package")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from adatsq.zoo import registry
 
     entry = registry.get(args.name)
     given = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "ema_decay", "seed")

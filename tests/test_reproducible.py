@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from adatsq.eval.report import compare, make_rows
+from adatsq.bench import compare, make_rows
 
-REFERENCE = Path(__file__).parents[1] / "data" / "bench_reference.json"
+REFERENCE = Path(__file__).parent / "data" / "bench_reference.json"
 KEYS = ("method", "label", "bits", "w_bits", "a_bits", "psnr", "ssim", "fd", "model_bytes",
         "bops", "eval", "eval_se", "paired", "validation")
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from adatsq.bench import combine, compare, make_rows, paired_analysis, parse_bits
 from adatsq.config import CalibrationSpec
-from adatsq.eval.report import combine, compare, make_rows, paired_analysis, parse_bits
 from adatsq.zoo import clips, registry
 
 TINY = {

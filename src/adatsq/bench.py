@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -29,9 +28,16 @@ import diffusers
 import numpy as np
 import torch
 
-from adatsq.config import Recipe
+from adatsq import io
+from adatsq.calib.capture import CaptureConfig, capture
+from adatsq.config import ActivationSpec, Recipe, WeightSpec
+from adatsq.eval.cost import bit_operations, layer_tokens, mac_weighted_bits
+from adatsq.eval.figures import run_figures
 from adatsq.eval.paired import VERDICTS, paired_difference, verdict
-from adatsq.eval.plots import frame_strips, sample_grid
+from adatsq.eval.plots import frame_strips, radar_chart, sample_grid
+from adatsq.files import write_json, write_text
+from adatsq.methods import get_method
+from adatsq.pipeline import load_pipeline, quantize_, save
 from adatsq.quant.primitives import FULL_PRECISION
 
 log = logging.getLogger(__name__)
@@ -87,7 +93,6 @@ def parse_bits(label: str) -> tuple[int, int]:
 
 def make_rows(methods: list[str], bits: list[str]) -> list[Row]:
     """Rows for every method (or variant name, or ``fp``) at every ``W4A4``-style setting."""
-    from adatsq.config import ActivationSpec, WeightSpec
 
     rows = []
     for method in methods:
@@ -101,13 +106,6 @@ def make_rows(methods: list[str], bits: list[str]) -> list[Row]:
                             activations=ActivationSpec(bits=a), options=options)
             rows.append(Row(f"{method} {label.upper()}", recipe, name=method))
     return rows
-
-
-def write_json(data: Any, path: Path, indent: int | None = 1) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=indent) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def _fmt(x, digits=3):
@@ -163,8 +161,6 @@ class _Calibrations:
         self.progress = progress
 
     def get(self, pipe, recipe: Recipe):
-        from adatsq.calib.capture import CaptureConfig, capture
-        from adatsq.methods import get_method
 
         if get_method(recipe.method).capture is None:
             return None, 0.0
@@ -189,7 +185,7 @@ test prompts)."""
 
 def environment(seed: int) -> dict[str, Any]:
     """What a report was produced with: code commit, library versions, threads, seed."""
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
                                 capture_output=True, text=True).stdout.strip()
@@ -220,10 +216,6 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
         validation: validation prompts (disjoint from the test prompts) every row also samples;
             the strongest baseline is chosen on them (:func:`paired_analysis`).
     """
-    from adatsq import io
-    from adatsq.eval.cost import bit_operations, layer_tokens, mac_weighted_bits
-    from adatsq.eval.figures import run_figures
-    from adatsq.pipeline import load_pipeline, quantize_
 
     calibrations = _Calibrations(progress)
 
@@ -324,8 +316,7 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
         log.info("%s: total %.3f", row.label, scored["eval"]["total"])
         if artifacts_dir is not None and policy is not None and (
                 artifact_methods is None or row.method in artifact_methods):
-            io.save(pipe.transformer, policy, Path(artifacts_dir) / row.label.replace(" ", "_"),
-                    pipe.source())
+            save(pipe, policy, Path(artifacts_dir) / row.label.replace(" ", "_"))
         analysis = paired_analysis(report_rows, samples)
         report = {"model": model, "steps": steps_used, "num_prompts": len(prompts),
                   "seed": seed, "environment": environment(seed),
@@ -402,9 +393,7 @@ def _write(report: dict[str, Any], grid: dict[str, np.ndarray], prompts: list[st
           "(same prompts and seeds) with its 95% interval; PSNR/SSIM against the FP samples "
           "(same seeds); MB: weights as stored; GBOPs: bit-operations per sample and step of the "
           "quantized layers; s: quantization time.\n")
-    tmp = out_dir / "report.md.tmp"
-    tmp.write_text(md)
-    os.replace(tmp, out_dir / "report.md")
+    write_text(md, out_dir / "report.md")
     sample_grid(grid, prompts, out_dir / "samples.png",
                 title=f"{report['model']}: rows = methods, columns = prompts")
 
@@ -413,7 +402,6 @@ def _write(report: dict[str, Any], grid: dict[str, np.ndarray], prompts: list[st
 def activation_outliers(pipeline, prompts: list[str], steps: int | None = None,
                         seed: int = 0) -> dict[str, Any]:
     """Channel max / median channel max of every quantizable layer's input, per step."""
-    from adatsq.calib.capture import CaptureConfig, capture
 
     stats = capture(pipeline, prompts, seed=seed, steps=steps,
                     config=CaptureConfig(hessian="none", samples_per_step=0), progress=False)
@@ -464,7 +452,6 @@ def combine(bench_dir: str | Path, models: list[str] | None = None,
     (paired 95% intervals, :func:`paired_analysis`). Returns the report's path (None if no report
     exists).
     """
-    from adatsq.eval.plots import radar_chart
 
     bench_dir = Path(bench_dir)
     found = sorted(p.parent.name for p in bench_dir.glob("*/report.json"))
@@ -512,8 +499,4 @@ def combine(bench_dir: str | Path, models: list[str] | None = None,
         radar_chart([f"{m} {bits}" for m, bits in axes], series, bench_dir / "radar.png",
                     title="Task total relative to FP per model and bit width (paper Fig. 2)")
         lines += ["![radar](radar.png)", ""]
-    path = bench_dir / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
-    return path
+    return write_text("\n".join(lines), bench_dir / "report.md")
