@@ -79,7 +79,7 @@ def test_bit_settings_parse_wide_and_narrow_widths():
     assert parse_bits("W16A4") == (16, 4) and parse_bits("w4a16") == (4, 16)
     rows = make_rows(["svdquant_r32", "+pareto"], ["W16A3"])
     assert [r.label for r in rows] == ["svdquant_r32 W16A3", "+pareto W16A3"]
-    assert rows[0].recipe.options == {"rank": 32} and rows[0].recipe.method == "svdquant"
+    assert rows[0].recipe.options.changed() == {"rank": 32} and rows[0].recipe.method == "svdquant"
     assert rows[0].recipe.weights.bits == 16 and rows[0].recipe.activations.bits == 3
     for bad in ("W4", "A4W4", "W4Ax", "4A4"):
         with pytest.raises(ValueError, match="not of the form"):

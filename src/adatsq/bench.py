@@ -309,8 +309,8 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
                 entry[key] = settings[key]
         if "phases" in settings:  # the shared capture is timed here, not inside quantize_
             entry["phases"] = {**settings["phases"], "capture": capture_seconds}
-        if row.recipe is not None and row.recipe.options:
-            entry["options"] = row.recipe.options
+        if row.recipe is not None and row.recipe.options.changed():
+            entry["options"] = row.recipe.options.changed()
         report_rows.append(entry)
         grid[row.label] = frame_strips(images[show].numpy())
         log.info("%s: total %.3f", row.label, scored["eval"]["total"])

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from adatsq.config import FISHER_TARGETS
 from adatsq.models.sampling import sigmas as sigma_schedule
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class FisherResult:
                 "sigmas": self.sigmas.tolist()}
 
 
-TARGETS = ("velocity", "output")
+TARGETS = FISHER_TARGETS
 
 
 def temporal_weights(scores: np.ndarray, tau: float, mix: float = 0.0) -> np.ndarray:

@@ -34,124 +34,26 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from adatsq.calib.fisher import (
-    TARGETS,
     FisherResult,
     effective_steps,
     fisher_information,
     temporal_weights,
 )
-from adatsq.config import MethodOptions
-from adatsq.methods.base import GPTQOptions, Method, register, rotated_layer
+from adatsq.methods.base import Method, register, rotated_layer
 from adatsq.models.sampling import guidance_batch, guided_velocity
 from adatsq.quant.lowrank import proportional_rank
 from adatsq.quant.primitives import FULL_PRECISION
-from adatsq.search.candidates import CandidateConfig, generate_candidates
+from adatsq.search.candidates import generate_candidates
 from adatsq.search.pareto import beam_search, fill_budget
 from adatsq.search.selection import select_path
 
 log = logging.getLogger(__name__)
-
-CALIBRATIONS = ("fisher", "uniform", "none")
-STEP_LOSSES = ("guided", "conditional")
-
-
-@dataclass(frozen=True)
-class AdaTSQOptions(MethodOptions):
-    """Options of AdaTSQ (defaults justified in BENCHMARKS.md).
-
-    Attributes:
-        pareto: timestep-dynamic activation bits by the Pareto beam search (else uniform bits).
-        calib: weight calibration, ``"fisher"``, ``"uniform"`` or ``"none"`` (round to nearest).
-        tau: softmax temperature of Eq. 6 on per-layer mean-normalized Fisher scores.
-        mix: weight of uniform calibration blended into the Eq. 6 weights (0: Eq. 6 alone).
-        fisher_target: ``"velocity"`` (Eq. 1) or ``"output"`` (target-free output
-            sensitivity), see :mod:`adatsq.calib.fisher`.
-        extra_bits: ``B_target - bits`` (the paper's W3A3.1 has 0.1).
-        bit_choices: per-layer activation widths the candidates use.
-        num_candidates: ``M`` candidates per step (also the beam width).
-        num_clusters: sensitivity groups per step.
-        reach: candidates spend at most ``B_target + reach`` bits on average.
-        step_loss: ``"guided"`` (the CFG velocity sampling uses) or ``"conditional"``.
-        loss_weights: exponents ``γ`` of the step size ``Δσ_t = σ_t - σ_{t+1}`` that weight the
-            step losses; one beam search per exponent, the selection chooses among all.
-        keep: frontier truncation rule, ``"origin"`` (the paper's) or ``"lagrangian"``.
-        fisher_prompts: calibration prompts of the Fisher estimate.
-        step_prompts: calibration prompts (the first of the calibration batch) whose
-            trajectories score the step losses (Eq. 2).
-        select_prompts: prompts generated per surviving path in the final selection.
-        select_paths: most surviving paths tried (least-loss first).
-        lowrank: a 16-bit low-rank branch of every rotated weight at SVDQuant's proportional
-            rank (:func:`adatsq.quant.lowrank.proportional_rank`); only the residual is quantized
-            (the ``adatsq_lr`` variant; beyond the paper).
-        random_signs: randomized Hadamard rotation (seeded random signs, as QuaRot); False: the
-            plain Sylvester/Paley matrix.
-        block_size, damp, act_order: GPTQ settings.
-    """
-
-    pareto: bool = True
-    calib: str = "fisher"
-    tau: float = 10.0  # chosen on validation (bench_calibration.py; tau 1 collapses, N_eff 1)
-    mix: float = 0.5
-    fisher_target: str = "velocity"
-    extra_bits: float = 0.1
-    bit_choices: tuple[int, ...] = (3, 4, 8)
-    num_candidates: int = 8
-    num_clusters: int = 32
-    reach: float = 1.0
-    step_loss: str = "guided"
-    loss_weights: tuple[float, ...] = (0.0, 1.0, 2.0)
-    keep: str = "lagrangian"
-    fisher_prompts: int = 16
-    step_prompts: int = 16
-    select_prompts: int = 24
-    select_paths: int = 4
-    lowrank: bool = False
-    random_signs: bool = True
-    block_size: int = 128
-    damp: float = 0.01
-    act_order: bool = False
-
-    def __post_init__(self):
-        object.__setattr__(self, "bit_choices", tuple(self.bit_choices))
-        object.__setattr__(self, "loss_weights", tuple(float(g) for g in self.loss_weights))
-        if not self.loss_weights:
-            raise ValueError("loss_weights needs at least one exponent (0: Eq. 3 as printed)")
-        if self.calib not in CALIBRATIONS:
-            raise ValueError(f"calib must be one of {', '.join(CALIBRATIONS)}, got {self.calib!r}")
-        if self.fisher_target not in TARGETS:
-            raise ValueError(f"fisher_target must be one of {', '.join(TARGETS)}, got "
-                             f"{self.fisher_target!r}")
-        if self.step_loss not in STEP_LOSSES:
-            raise ValueError(f"step_loss must be one of {', '.join(STEP_LOSSES)}, got "
-                             f"{self.step_loss!r}")
-        if not 0.0 <= self.mix <= 1.0:
-            raise ValueError(f"mix must be in [0, 1], got {self.mix}")
-        self.candidate_config  # noqa: B018 (validates bit_choices, num_clusters, reach)
-        if self.keep not in ("origin", "lagrangian"):
-            raise ValueError(f"keep must be 'origin' or 'lagrangian', got {self.keep!r}")
-        if not self.tau > 0 or self.extra_bits < 0:
-            raise ValueError("tau must be positive and extra_bits non-negative")
-        for n in ("num_candidates", "fisher_prompts", "step_prompts", "select_prompts",
-                  "select_paths"):
-            if getattr(self, n) <= 0:
-                raise ValueError(f"{n} must be positive")
-
-    @property
-    def candidate_config(self) -> CandidateConfig:
-        return CandidateConfig(bit_choices=self.bit_choices, num_candidates=self.num_candidates,
-                               num_clusters=self.num_clusters, reach=self.reach)
-
-    @property
-    def gptq(self) -> GPTQOptions:
-        return GPTQOptions(self.block_size, self.damp, self.act_order)
-
 
 def _path_bits(candidates, path) -> np.ndarray:
     """Activation bits (L, T) of a path (candidate index per step; padded indices clamp)."""
@@ -162,7 +64,6 @@ def _path_bits(candidates, path) -> np.ndarray:
 class AdaTSQ(Method):
     name = "adatsq"
     source = "AdaTSQ (Sec. 3): Fisher, Pareto beam search over timestep bits, Fisher-guided GPTQ"
-    options_class = AdaTSQOptions
     capture = "per_step"
     metric = None  # a user's ``metric(images, prompts) -> float`` for the final selection
     #: ``fidelity(samples, reference) -> (N,)`` per-sample fidelity (PSNR) of the selection; set

@@ -8,7 +8,6 @@ never see model classes, only layers, their names and statistics.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -16,7 +15,7 @@ from torch import nn
 
 from adatsq.calib.capture import CalibrationStats
 from adatsq.calib.gptq import gptq_quantize
-from adatsq.config import MethodOptions, Recipe
+from adatsq.config import GPTQOptions, Recipe
 from adatsq.policy import Policy
 from adatsq.quant.lowrank import lowrank_split
 from adatsq.quant.primitives import FULL_PRECISION
@@ -32,7 +31,6 @@ class Method(ABC):
     Attributes:
         name: registry name (``rtn``, ``gptq``, ...), also the ``method`` of report rows.
         source: the paper and repository whose recommended settings the method follows.
-        options_class: frozen dataclass of the method's options.
         capture: Hessian mode the method needs from calibration (``"none"`` for no Hessian);
             ``None`` if the method needs no calibration at all.
         streams: whether :meth:`quantize_layer` needs only its own layer's statistics, so that a
@@ -42,13 +40,12 @@ class Method(ABC):
 
     name: ClassVar[str]
     source: ClassVar[str] = ""
-    options_class: ClassVar[type] = MethodOptions
     capture: ClassVar[str | None] = None
     streams: ClassVar[bool] = True
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
-        self.options = self.options_class.from_dict(recipe.options)
+        self.options = recipe.options  # the method's typed options (adatsq.config)
 
     def activation(self) -> ActivationQuant:
         """The activation quantizer the recipe asks for."""
@@ -84,15 +81,6 @@ class Method(ABC):
             with the settings worth keeping.
         """
         return policy
-
-
-@dataclass(frozen=True)
-class GPTQOptions(MethodOptions):
-    """GPTQ settings shared by the methods that solve weights with it (IST-DASLab defaults)."""
-
-    block_size: int = 128
-    damp: float = 0.01
-    act_order: bool = False
 
 
 def solve_weights(W: torch.Tensor, H: torch.Tensor | None, spec,

@@ -8,7 +8,7 @@ diagonal, no act-order. For a diffusion model the calibration inputs of every st
 
 from __future__ import annotations
 
-from adatsq.methods.base import GPTQOptions, Method, register, solve_weights
+from adatsq.methods.base import Method, register, solve_weights
 from adatsq.quant.qlinear import QuantLinear
 
 
@@ -16,7 +16,6 @@ from adatsq.quant.qlinear import QuantLinear
 class GPTQ(Method):
     name = "gptq"
     source = "Frantar et al. 2023, GPTQ (IST-DASLab/gptq), uniform over timesteps"
-    options_class = GPTQOptions
     capture = "per_step"
 
     def quantize_layer(self, name, linear, stats, tracker):

@@ -14,27 +14,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from adatsq.calib.gptq import hessian_error
-from adatsq.config import MethodOptions
 from adatsq.methods.base import Method, register
 from adatsq.quant.qlinear import ActivationQuant, QuantLinear, weight_quantizer
 from adatsq.search.exact import dynamic_programming
-
-
-@dataclass(frozen=True)
-class QDiTOptions(MethodOptions):
-    group_sizes: tuple[int, ...] = (128, 64, 32)
-    budget_group_size: int = 64
-
-    def __post_init__(self):
-        object.__setattr__(self, "group_sizes", tuple(sorted(set(self.group_sizes), reverse=True)))
-        if not self.group_sizes or min(self.group_sizes) <= 0 or self.budget_group_size <= 0:
-            raise ValueError("Q-DiT group sizes and budget_group_size must be positive")
 
 
 def allocate_group_sizes(errors: dict[str, dict[int, float]], costs: dict[str, dict[int, int]],
@@ -65,7 +53,6 @@ def allocate_group_sizes(errors: dict[str, dict[int, float]], costs: dict[str, d
 class QDiT(Method):
     name = "q_dit"
     source = "Chen et al. 2025, Q-DiT (Juanerx/Q-DiT): group sizes + per-sample activations"
-    options_class = QDiTOptions
     capture = "per_step"
     streams = False  # the group-size allocation weighs every layer's Hessian at once
 

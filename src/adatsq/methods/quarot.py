@@ -10,27 +10,15 @@ before the activation quantizer (QuaRot's "online Hadamard", used there for the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from adatsq.methods.base import GPTQOptions, Method, register, rotated_layer
-
-
-@dataclass(frozen=True)
-class QuaRotOptions(GPTQOptions):
-    """GPTQ settings, ``gptq`` (False: round-to-nearest weights) and ``random_signs`` (False: the
-    plain Hadamard matrix)."""
-
-    gptq: bool = True
-    random_signs: bool = True
+from adatsq.methods.base import Method, register, rotated_layer
 
 
 @register
 class QuaRot(Method):
     name = "quarot"
     source = "Ashkboos et al. 2024, QuaRot (spcl/QuaRot): Hadamard rotation + GPTQ weights"
-    options_class = QuaRotOptions
     capture = "per_step"
 
     def quantize_layer(self, name, linear, stats, tracker):
-        gptq = self.options if self.options.gptq else None
-        return rotated_layer(self, name, linear, stats.hessian_sum(name), tracker, gptq)
+        return rotated_layer(self, name, linear, stats.hessian_sum(name), tracker,
+                             self.options.gptq)

@@ -7,27 +7,15 @@ ranges from calibration (here: the maximum over all sampling steps), per-channel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from adatsq.config import MethodOptions
 from adatsq.methods.base import Method, register
 from adatsq.quant.qlinear import QuantLinear
-from adatsq.quant.smoothing import check_alpha, smooth_layer
-
-
-@dataclass(frozen=True)
-class SmoothQuantOptions(MethodOptions):
-    alpha: float = 0.5
-
-    def __post_init__(self):
-        check_alpha(self.alpha)
+from adatsq.quant.smoothing import smooth_layer
 
 
 @register
 class SmoothQuant(Method):
     name = "smoothquant"
     source = "Xiao et al. 2023, SmoothQuant (mit-han-lab/smoothquant), alpha 0.5"
-    options_class = SmoothQuantOptions
     capture = "none"
 
     def quantize_layer(self, name, linear, stats, tracker):

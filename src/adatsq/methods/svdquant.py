@@ -17,33 +17,10 @@ the layer's smaller side, so that some of every layer is quantized.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from adatsq.config import MethodOptions
 from adatsq.methods.base import Method, register
 from adatsq.quant.lowrank import lowrank_split, proportional_rank
 from adatsq.quant.qlinear import QuantLinear
-from adatsq.quant.smoothing import check_alpha, smooth_layer
-
-
-@dataclass(frozen=True)
-class SVDQuantOptions(MethodOptions):
-    """Options of SVDQuant.
-
-    Attributes:
-        rank: rank of the 16-bit branch; None = the paper's proportion of each layer's smaller
-            side (:func:`proportional_rank`).
-        alpha: smoothing migration strength.
-    """
-
-    rank: int | None = None
-    alpha: float = 0.5
-
-    def __post_init__(self):
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int)
-                                      or self.rank <= 0):
-            raise ValueError(f"SVDQuant rank must be a positive integer or null, got {self.rank!r}")
-        check_alpha(self.alpha)
+from adatsq.quant.smoothing import smooth_layer
 
 
 @register
@@ -51,7 +28,6 @@ class SVDQuant(Method):
     name = "svdquant"
     source = ("Li et al. 2025, SVDQuant (mit-han-lab/deepcompressor): smoothing + 16-bit "
               "low-rank branch (rank 32 of 3072)")
-    options_class = SVDQuantOptions
     capture = "none"
 
     def prepare(self, pipeline, stats):

@@ -13,30 +13,16 @@ part of this baseline: it is the mixed-precision axis AdaTSQ's search covers.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from adatsq.config import MethodOptions
 from adatsq.methods.base import Method, layer_signs, register
 from adatsq.quant.qlinear import QuantLinear
 from adatsq.quant.rotation import rotate
-from adatsq.quant.smoothing import check_alpha, smooth_layer
-
-
-@dataclass(frozen=True)
-class ViDiTQOptions(MethodOptions):
-    alpha: float = 0.5
-    rotate: bool = True
-    random_signs: bool = True
-
-    def __post_init__(self):
-        check_alpha(self.alpha)
+from adatsq.quant.smoothing import smooth_layer
 
 
 @register
 class ViDiTQ(Method):
     name = "vidit_q"
     source = "Zhao et al. 2025, ViDiT-Q (thu-nics/ViDiT-Q): smoothing (alpha 0.5) + rotation"
-    options_class = ViDiTQOptions
     capture = "none"
 
     def quantize_layer(self, name, linear, stats, tracker):
