@@ -12,6 +12,8 @@ from adatsq.bench import combine, compare, make_rows, paired_analysis, parse_bit
 from adatsq.config import CalibrationSpec
 from adatsq.zoo import clips, registry
 
+pytestmark = pytest.mark.slow  # end to end (make test-unit skips it)
+
 TINY = {
     "tiny-zimage": registry.ZooEntry(
         "tiny-zimage", "ZImageTransformer2DModel",

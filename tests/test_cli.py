@@ -6,6 +6,8 @@ import pytest
 
 from adatsq.cli import main
 
+pytestmark = pytest.mark.slow  # end to end (make test-unit skips it)
+
 
 def _error(capsys, argv) -> str:
     assert main(argv) == 2

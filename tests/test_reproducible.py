@@ -4,7 +4,7 @@ The committed reports must be what the landed code produces. This reruns a small
 ``make bench`` (flux-digits-schnell, 12 test and 12 validation prompts, four rows) and compares
 every reported number with ``tests/data/bench_reference.json``. After a change that is meant to
 alter results, regenerate it (and the reports) with
-``ADATSQ_WRITE_REFERENCE=1 .venv/bin/python -m pytest tests/eval/test_reproducible.py``.
+``ADATSQ_WRITE_REFERENCE=1 .venv/bin/python -m pytest tests/test_reproducible.py``.
 """
 
 import json
@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from adatsq.bench import compare, make_rows
+
+pytestmark = pytest.mark.slow  # end to end (make test-unit skips it)
 
 REFERENCE = Path(__file__).parent / "data" / "bench_reference.json"
 KEYS = ("method", "label", "bits", "w_bits", "a_bits", "psnr", "ssim", "fd", "model_bytes",

@@ -185,7 +185,7 @@ def save(pipeline, policy: Policy, path: str | Path) -> Path:
         >>> same == policy
         True
     """
-    return save(pipeline, policy, path)
+    return io.save(pipeline.transformer, policy, path, pipeline.source())
 
 
 def load(path: str | Path, **settings):

@@ -23,6 +23,8 @@ from adatsq.models.pipelines import DiffusersPipeline
 from adatsq.pipeline import load, load_pipeline, quantize_, save
 from tests.integration.tiny_pipelines import tiny_flux, tiny_wan, tiny_zimage
 
+pytestmark = pytest.mark.slow  # end to end (make test-unit skips it)
+
 BUILDERS = {"flux-schnell": tiny_flux, "flux-dev": lambda: tiny_flux(guidance_embeds=True),
             "zimage": tiny_zimage, "wan": tiny_wan}
 SIZES = {"flux-schnell": dict(height=16, width=32), "flux-dev": dict(height=16, width=16),

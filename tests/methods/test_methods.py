@@ -83,7 +83,8 @@ def test_gptq_beats_rtn_on_every_layer_of_a_real_calibration(calibrated, bits):
     layers = pipe.adapter.quantizable_layers(pipe.transformer)
     tracker = StepTracker(pipe.schedule())
     recipe = Recipe(method="gptq", weights=spec, activations=ActivationSpec(bits=16))
-    gptq, rtn = get_method("gptq")(recipe), get_method("rtn")(replace(recipe, method="rtn"))
+    gptq = get_method("gptq")(recipe)
+    rtn = get_method("rtn")(replace(recipe, method="rtn", options={}))
     for name, linear in layers.items():
         H = stats.hessian_sum(name)
         W = linear.weight.detach().float()
