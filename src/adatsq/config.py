@@ -18,6 +18,7 @@ from typing import Any
 from adatsq.quant.primitives import ACTIVATION_GRANULARITIES, FULL_PRECISION, check_bits
 from adatsq.quant.smoothing import check_alpha
 from adatsq.search.candidates import CandidateConfig
+from adatsq.strict import check_keys
 
 RECIPE_VERSION = 2
 """Version written; 2 serializes every option (defaults included). Versions in
@@ -27,14 +28,7 @@ READABLE_RECIPE_VERSIONS = (1, 2)
 
 
 def _from_dict(cls, data: dict[str, Any], where: str):
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}; "
-                         f"allowed: {', '.join(sorted(names))}")
-    return cls(**data)
+    return cls(**check_keys(data, (f.name for f in fields(cls)), where))
 
 
 @dataclass(frozen=True)

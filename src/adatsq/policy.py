@@ -17,6 +17,7 @@ from torch import nn
 from adatsq.files import write_json
 from adatsq.quant.primitives import FULL_PRECISION, check_bits
 from adatsq.quant.qlinear import QuantLinear
+from adatsq.strict import check_keys
 
 POLICY_VERSION = 1
 
@@ -121,10 +122,8 @@ class Policy:
     def from_dict(cls, data: dict[str, Any]) -> Policy:
         data = dict(data)
         data.pop("average_activation_bits", None)
-        known = {"model", "method", "schedule", "layers", "recipe", "settings", "version"}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown key(s) in policy: {', '.join(sorted(unknown))}")
+        check_keys(data, ("model", "method", "schedule", "layers", "recipe", "settings",
+                          "version"), "policy")
         layers = {n: LayerPolicy(int(v["weight_bits"]), tuple(int(b) for b in v["activation_bits"]))
                   for n, v in data.pop("layers").items()}
         return cls(layers=layers, schedule=tuple(float(t) for t in data.pop("schedule")), **data)

@@ -34,6 +34,7 @@ from torch import nn
 
 from adatsq.models.base import Conditioning, adapter_for
 from adatsq.models.sampling import SamplingPipeline
+from adatsq.strict import check_keys
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +215,7 @@ class DiffusersPipeline(SamplingPipeline):
         self.pipe = pipe
         self.model = model
         self.family = FAMILIES[kind]()
-        unknown = set(settings) - {f.name for f in fields(Sampling)}
-        if unknown:
-            raise ValueError(f"unknown pipeline settings {sorted(unknown)}; known: "
-                             f"{', '.join(f.name for f in fields(Sampling))}")
+        check_keys(settings, (f.name for f in fields(Sampling)), "pipeline settings")
         given = {k: v for k, v in settings.items() if v is not None}
         self.sampling = replace(self.family.defaults(pipe), **given)
         self.family.check(pipe, self.sampling)

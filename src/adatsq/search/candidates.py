@@ -36,6 +36,7 @@ import numpy as np
 
 from adatsq.quant.primitives import check_bits
 from adatsq.search.pareto import pareto_front
+from adatsq.strict import check_keys
 
 CLUSTER_METHODS = ("kmeans", "quantile")
 MAX_CONFIGURATIONS = 200_000
@@ -111,10 +112,7 @@ class CandidateConfig:
     @classmethod
     def from_dict(cls, data: dict) -> CandidateConfig:
         """Inverse of :meth:`to_dict`; rejects unknown keys."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown CandidateConfig keys: {sorted(unknown)}")
-        data = dict(data)
+        data = dict(check_keys(data, (f.name for f in fields(cls)), "CandidateConfig"))
         if "bit_choices" in data:
             data["bit_choices"] = tuple(data["bit_choices"])
         return cls(**data)
