@@ -132,3 +132,26 @@ def test_save_writes_nothing_half_done(saved, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save(pipe, policy, tmp_path / "art")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bfloat16_model_is_stored_in_bfloat16_without_overflow(tmp_path):
+    """FP16 overflows past 65504; a bf16 model (Flux, Wan) keeps such values in bf16."""
+    from safetensors.torch import load_file
+
+    from adatsq.eval.tasks import task_for
+    from adatsq.zoo.pipeline import DigitPipeline
+    from tests.conftest import tiny_entry
+
+    entry = tiny_entry()
+    torch.manual_seed(0)
+    model = entry.build_model().eval().requires_grad_(False).to(torch.bfloat16)
+    model.x_embedder.weight[0, 0] = 70000.0  # an FP16 overflow in a layer kept in 16 bits
+    pipe = DigitPipeline(entry, model, task_for(entry))
+    assert io.storage_dtype(model) == torch.bfloat16
+    policy = quantize_(pipe, Recipe(method="rtn"), progress=False)
+    path = save(pipe, policy, tmp_path / "bf16")
+    stored = load_file(str(path / "model.safetensors"))
+    assert stored["x_embedder.weight"].dtype == torch.bfloat16
+    assert stored["x_embedder.weight"][0, 0].float().item() == pytest.approx(70000.0, rel=0.01)
+    assert json.loads((path / "manifest.json").read_text())["storage_dtype"] == "bfloat16"
+    assert io.storage_dtype(entry.build_model()) == torch.float16

@@ -3,13 +3,14 @@
 Layout of an artifact directory::
 
     model.safetensors   quantized layers: b-bit codes packed densely into bytes (``*.qweight``),
-                        FP16 scales and zero points, FP16 bias / smoothing / low-rank / ranges;
-                        every other transformer parameter in FP16
-    manifest.json       format version, model, transformer class and config, per-layer layout,
-                        SHA-256 of model.safetensors
+                        FP16 scales and zero points, FP16 bias / smoothing / low-rank branch;
+                        every other transformer parameter in FP16 (all of these in BF16 for a
+                        bfloat16 model: :func:`storage_dtype`)
+    manifest.json       format version, model, transformer class and config, storage dtype,
+                        per-layer layout, SHA-256 of model.safetensors
     policy.json         the policy (per-step activation bits, recipe, settings)
 
-Quantization rounds every stored float to FP16 before the model is used, so that loading an
+Quantization rounds every stored float to the storage dtype before the model is used, so that loading an
 artifact gives a model whose outputs are bit-exact to the model that was saved. Writing goes to a
 temporary directory renamed at the end: a failed save leaves nothing half-written.
 """
@@ -36,6 +37,14 @@ FORMAT_VERSION = 2
 :data:`READABLE_VERSIONS` load."""
 READABLE_VERSIONS = (1, 2)
 STORAGE_DTYPE = torch.float16
+"""Storage of every float of a float16 or float32 model; a bfloat16 model (Flux and Wan ship in
+bf16) is stored in bfloat16, whose range holds its values (FP16 overflows past 65504)."""
+
+
+def storage_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype an artifact of ``model`` stores its floats in (see :data:`STORAGE_DTYPE`)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return torch.bfloat16 if dtype == torch.bfloat16 else STORAGE_DTYPE
 _OPTIONAL = ("bias", "smooth", "rotation_signs", "lowrank_down", "lowrank_up")
 
 
@@ -44,13 +53,15 @@ class ArtifactError(ValueError):
 
 
 def round_to_storage_(model: nn.Module) -> nn.Module:
-    """Rounds every float parameter and persistent buffer (what an artifact stores) to
-    FP16-representable values, in place; buffers a model recomputes (non-persistent, such as
-    Wan's rotary tables) keep their precision, as in a model rebuilt from its config."""
+    """Rounds every float parameter and persistent buffer (what an artifact stores) to values
+    representable in :func:`storage_dtype`, in place; buffers a model recomputes
+    (non-persistent, such as Wan's rotary tables) keep their precision, as in a model rebuilt
+    from its config."""
+    dtype = storage_dtype(model)
     with torch.no_grad():
         for t in model.state_dict().values():  # shares storage with the model's tensors
             if t.is_floating_point():
-                t.copy_(t.to(STORAGE_DTYPE).to(t.dtype))
+                t.copy_(t.to(dtype).to(t.dtype))
         for m in model.modules():
             if isinstance(m, QuantLinear) and m.weight_bits != FULL_PRECISION:
                 m.refresh_weight()
@@ -83,26 +94,28 @@ def save(model: nn.Module, policy: Policy, path: str | Path, source: dict[str, A
             "model_class": ..., "config": {...}}``.
     """
     path = Path(path)
+    dtype = storage_dtype(model)
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, Any] = {}
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     for name, q in quantized.items():
         layers[name] = _layer_meta(q)
         if q.weight_bits == FULL_PRECISION:
-            tensors[f"{name}.weight"] = q.weight.to(STORAGE_DTYPE)
+            tensors[f"{name}.weight"] = q.weight.to(dtype)
         else:
             tensors[f"{name}.qweight"] = pack_codes(q.codes, q.weight_bits)
-            tensors[f"{name}.scale"] = q.scale.to(STORAGE_DTYPE)
-            tensors[f"{name}.zero"] = q.zero.to(STORAGE_DTYPE)
+            tensors[f"{name}.scale"] = q.scale.to(dtype)
+            tensors[f"{name}.zero"] = q.zero.to(dtype)
         for key in layers[name]["tensors"]:
-            tensors[f"{name}.{key}"] = getattr(q, key).to(STORAGE_DTYPE)
+            tensors[f"{name}.{key}"] = getattr(q, key).to(dtype)
     prefixes = tuple(f"{n}." for n in quantized)
     for key, value in model.state_dict().items():
         if not key.startswith(prefixes):
-            tensors[key] = value.to(STORAGE_DTYPE) if value.is_floating_point() else value
+            tensors[key] = value.to(dtype) if value.is_floating_point() else value
     with atomic_dir(path, replace=True) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
-        manifest = {"format": FORMAT, "version": FORMAT_VERSION, **source, "layers": layers,
+        manifest = {"format": FORMAT, "version": FORMAT_VERSION, **source,
+                    "storage_dtype": str(dtype).removeprefix("torch."), "layers": layers,
                     "sha256": _sha256(tmp / "model.safetensors")}
         write_json(manifest, tmp / "manifest.json")
         policy.save(tmp / "policy.json")
