@@ -10,9 +10,9 @@ Layout of an artifact directory::
                         per-layer layout, SHA-256 of model.safetensors
     policy.json         the policy (per-step activation bits, recipe, settings)
 
-Quantization rounds every stored float to the storage dtype before the model is used, so that loading an
-artifact gives a model whose outputs are bit-exact to the model that was saved. Writing goes to a
-temporary directory renamed at the end: a failed save leaves nothing half-written.
+Quantization rounds every stored float to the storage dtype before the model is used, so that
+loading an artifact gives a model whose outputs are bit-exact to the model that was saved. Writing
+goes to a temporary directory renamed at the end: a failed save leaves nothing half-written.
 """
 
 from __future__ import annotations
