@@ -71,3 +71,33 @@ def test_nan_in_calibration_is_refused(calibrated):
         layer.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
         capture(pipe, ["a 3"], progress=False)
+
+
+def test_outputs_never_overwrite_inputs_or_existing_files(tmp_path, capsys):
+    art = tmp_path / "art"
+    assert main(["quantize", "flux-digits", "--method", "rtn", "--out", str(art)]) == 0
+    weights = (art / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    cases = [
+        ["generate", "--artifact", str(art), "--prompt", "a 3", "--out",
+         str(art / "model.safetensors")],  # inside the artifact being read
+        ["generate", "flux-digits", "--prompt", "a 3", "--out", str(art)],  # a folder
+        ["quantize", "flux-digits", "--method", "rtn", "--out", str(art)],  # exists
+        ["quantize", "flux-digits", "--method", "rtn", "--out",
+         str(art / "model.safetensors")],  # a file where a folder goes
+        ["generate", "flux-digits", "--prompt", "a 3", "--out", "/dev/null/x.png"],
+    ]
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--out" in err, (argv, err)
+    assert (art / "model.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in art.iterdir()) == ["manifest.json", "model.safetensors",
+                                                      "policy.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_evaluate_of_an_unknown_model_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["evaluate", "no-such-model", "--out", str(out)]) == 2
+    assert "unknown model" in capsys.readouterr().err and not out.exists()

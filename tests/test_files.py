@@ -2,7 +2,7 @@
 
 import pytest
 
-from adatsq.files import atomic_dir, atomic_path, write_json
+from adatsq.files import atomic_dir, atomic_path, check_output, write_json
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -26,3 +26,34 @@ def test_folders_are_replaced_only_when_asked(tmp_path):
         (tmp / "y").write_text("2")
     assert sorted(p.name for p in target.iterdir()) == ["y"]
     assert [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
+def test_output_rules(tmp_path):
+    existing = tmp_path / "samples.png"
+    existing.write_bytes(b"png")
+    with pytest.raises(ValueError, match="exists; pass --overwrite"):
+        check_output(existing, "file")
+    assert check_output(existing, "file", overwrite=True) == existing.resolve()
+    with pytest.raises(ValueError, match="is a folder"):
+        check_output(tmp_path, "file", overwrite=True)
+    with pytest.raises(ValueError, match="is a file"):
+        check_output(existing, "dir", overwrite=True)
+    artifact = tmp_path / "art"
+    artifact.mkdir()
+    with pytest.raises(ValueError, match="being read"):
+        check_output(artifact / "model.safetensors", "file", overwrite=True, inputs=(artifact,))
+    with pytest.raises(ValueError, match="being read"):
+        check_output(artifact, "dir", overwrite=True, inputs=("flux-digits", artifact))
+    with pytest.raises(ValueError, match="not a folder"):
+        check_output(existing / "under-a-file.png", "file")
+    with pytest.raises(ValueError, match="kind"):
+        check_output(existing, "link")
+
+
+def test_stale_temporaries_of_the_output_are_removed(tmp_path):
+    (tmp_path / ".art.abc123.tmp").mkdir()  # a killed atomic_dir write of "art"
+    (tmp_path / ".samples.png.xyz.tmp.png").write_text("half")
+    (tmp_path / ".other.q.tmp").mkdir()  # another output's: kept
+    check_output(tmp_path / "art", "dir")
+    check_output(tmp_path / "samples.png", "file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.q.tmp"]

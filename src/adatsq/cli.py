@@ -1,7 +1,8 @@
 """Command line: ``adatsq zoo | generate | quantize | evaluate``.
 
 Bad input (unknown model or method, bad bit width, missing or corrupt file, empty prompt list) ends
-with a one-line error and exit code 2.
+with a one-line error and exit code 2. Outputs follow :func:`adatsq.files.check_output`: checked
+before any work, never replaced without ``--overwrite``, never written inside an input.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from adatsq import io
 from adatsq.bench import compare, make_rows, markdown_table
 from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec
 from adatsq.eval.plots import frame_strips, sample_grid
+from adatsq.files import check_output
 from adatsq.io import ArtifactError
 from adatsq.pipeline import load, load_pipeline, quantize_, save
 from adatsq.zoo import registry
@@ -65,6 +67,8 @@ def cmd_zoo(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    check_output(args.out, "file", args.overwrite,
+                 inputs=(args.artifact, args.model, args.prompts_file))
     prompts = _read_prompts(args)
     settings = _settings(args, "height", "width", "frames")
     if args.artifact:
@@ -80,6 +84,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    check_output(args.out, "dir", args.overwrite,
+                 inputs=(args.model, getattr(args, "recipe", None),
+                         getattr(args, "calibration_file", None)))
     recipe = _recipe(args)
     pipe = load_pipeline(args.model, **_settings(args, "height", "width", "frames",
                                                  "calibration_file"))
@@ -95,6 +102,10 @@ def cmd_quantize(args) -> int:
 def cmd_evaluate(args) -> int:
     if args.per_category <= 0:
         raise ValueError("--per-category must be positive")
+    if not registry.is_zoo_name(args.model):
+        raise ValueError(f"unknown model {args.model!r}: evaluate compares methods on a zoo "
+                         f"model ({', '.join(registry.ENTRIES)})")
+    check_output(args.out, "dir", args.overwrite)
     rows = make_rows(args.methods.split(","), args.bits.split(","))
     report = compare(args.model, rows, args.per_category, args.out, seed=args.seed,
                      steps=args.steps, artifacts_dir=args.artifacts)
@@ -127,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int)
     p.add_argument("--out", default="samples.png")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _size_options(p)
     p.set_defaults(func=cmd_generate)
 
@@ -143,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration prompts, one per line (diffusers pipelines; default: "
                    "GenEval-style prompts shipped with adatsq)")
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _size_options(p)
     p.set_defaults(func=cmd_quantize)
 
@@ -155,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--artifacts", help="save the artifact of every quantized row here")
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="add to / replace an existing --out")
     p.set_defaults(func=cmd_evaluate)
     return parser
 
@@ -167,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, ArtifactError, TypeError) as exc:
+    except (ValueError, KeyError, OSError, ArtifactError, TypeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"adatsq: error: {message}", file=sys.stderr)
         return EXIT_USAGE

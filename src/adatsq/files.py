@@ -77,3 +77,54 @@ def write_text(text: str, path: str | Path) -> Path:
 def write_json(data: Any, path: str | Path, indent: int | None = 1) -> Path:
     """Writes ``data`` as JSON to ``path`` atomically; returns the path."""
     return write_text(json.dumps(data, indent=indent) + "\n", path)
+
+
+def check_output(out: str | Path, kind: str, overwrite: bool = False,
+                 inputs: tuple[str | Path | None, ...] = ()) -> Path:
+    """Checks an output path before any work is done; returns it resolved.
+
+    The rules, one for the whole command line: an existing output is replaced only with
+    ``overwrite``; nothing is written inside (or onto) an input being read; a file is not written
+    where a folder is (and the reverse); the folder the output goes in must be a folder. Stale
+    temporary files of earlier, killed writes of this output (the hidden names
+    :func:`atomic_path` and :func:`atomic_dir` give them) are removed.
+
+    Args:
+        out: the output path.
+        kind: ``"file"`` or ``"dir"``.
+        overwrite: whether an existing output may be replaced.
+        inputs: paths being read (an artifact, a model folder, a prompt file); None entries and
+            hub ids (no such path) are skipped.
+
+    Raises:
+        ValueError: one line naming ``out`` and what to do.
+    """
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
+    target = Path(out).expanduser().resolve()
+    for given in inputs:
+        if given is None or not Path(given).exists():
+            continue
+        source = Path(given).expanduser().resolve()
+        if target == source or source in target.parents:
+            raise ValueError(f"--out {out} would write inside {given}, which is being read; "
+                             "write elsewhere")
+    ancestor = target.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"--out {out}: {ancestor} is not a folder; write elsewhere")
+    if target.exists():
+        if kind == "file" and target.is_dir():
+            raise ValueError(f"--out {out} is a folder; name a file (e.g. {out}/samples.png)")
+        if kind == "dir" and not target.is_dir():
+            raise ValueError(f"--out {out} is a file; name a folder")
+        if not overwrite:
+            raise ValueError(f"--out {out} exists; pass --overwrite to replace it")
+    if target.parent.is_dir():
+        for stale in target.parent.glob(f".{target.name}.*.tmp*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+    return target
