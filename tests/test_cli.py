@@ -46,6 +46,10 @@ def test_quantize_then_generate_from_the_artifact(tmp_path, capsys):
     (["generate", "--artifact", "missing-dir", "--prompt", "a 3"], "no manifest"),
     (["generate", "flux-digits", "--prompts-file", "missing.txt"], "does not exist"),
     (["evaluate", "flux-digits", "--bits", "W4", "--out", "x"], "W4A4"),
+    (["generate", "flux-digits", "--prompt", "a 3", "--steps", "0"], "--steps must be positive"),
+    (["quantize", "flux-digits", "--calib-prompts", "0", "--out", "x"], "--calib-prompts"),
+    (["quantize", "flux-digits", "--options", "{not json", "--out", "x"], "--options is not"),
+    (["evaluate", "flux-digits", "--per-category", "-1", "--out", "x"], "--per-category"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, words):
     monkeypatch.chdir(tmp_path)
@@ -101,3 +105,10 @@ def test_evaluate_of_an_unknown_model_writes_nothing(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["evaluate", "no-such-model", "--out", str(out)]) == 2
     assert "unknown model" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_non_utf8_prompt_file_is_named(capsys, tmp_path):
+    bad = tmp_path / "prompts.txt"
+    bad.write_bytes(b"a red 3\n\xff\xfe\n")
+    assert f"{bad} is not UTF-8" in _error(capsys, ["generate", "flux-digits",
+                                                     "--prompts-file", str(bad)])

@@ -155,3 +155,14 @@ def test_a_bfloat16_model_is_stored_in_bfloat16_without_overflow(tmp_path):
     assert stored["x_embedder.weight"][0, 0].float().item() == pytest.approx(70000.0, rel=0.01)
     assert json.loads((path / "manifest.json").read_text())["storage_dtype"] == "bfloat16"
     assert io.storage_dtype(entry.build_model()) == torch.float16
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_weights_are_refused_before_quantizing(calibrated, bad):
+    pipe = fresh_copy(calibrated[0])
+    name, linear = next(iter(pipe.adapter.quantizable_layers(pipe.transformer).items()))
+    linear.weight[0, 0] = bad
+    with pytest.raises(ValueError, match=f"non-finite values .* {name}.weight"):
+        quantize_(pipe, Recipe(method="rtn"), progress=False)
+    with pytest.raises(ValueError, match="steps must be positive"):
+        pipe.generate(["a 3"], steps=0)

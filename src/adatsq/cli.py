@@ -25,10 +25,22 @@ from adatsq.zoo import registry
 EXIT_USAGE = 2
 
 
+def _positive(args, *names: str) -> None:
+    """One-line errors for count options given as zero or less (None: not given)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
 def _recipe(args):
     if getattr(args, "recipe", None):
         return Recipe.load(args.recipe)
-    options = json.loads(args.options) if args.options else {}
+    try:
+        options = json.loads(args.options) if args.options else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--options is not valid JSON ({exc.msg} at character {exc.pos}); "
+                         """e.g. --options '{"alpha": 0.5}'""") from None
     return Recipe(method=args.method, weights=WeightSpec(bits=args.w_bits),
                   activations=ActivationSpec(bits=args.a_bits),
                   calibration=CalibrationSpec(num_prompts=args.calib_prompts, steps=args.steps),
@@ -41,7 +53,11 @@ def _read_prompts(args) -> list[str]:
         path = Path(args.prompts_file)
         if not path.is_file():
             raise ValueError(f"prompt file {path} does not exist")
-        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"prompt file {path} is not UTF-8 text") from None
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ValueError("no prompts given; pass --prompt TEXT or --prompts-file FILE")
     return prompts
@@ -67,6 +83,7 @@ def cmd_zoo(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    _positive(args, "steps", "height", "width", "frames")
     check_output(args.out, "file", args.overwrite,
                  inputs=(args.artifact, args.model, args.prompts_file))
     prompts = _read_prompts(args)
@@ -84,6 +101,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    _positive(args, "steps", "calib_prompts", "height", "width", "frames")
     check_output(args.out, "dir", args.overwrite,
                  inputs=(args.model, getattr(args, "recipe", None),
                          getattr(args, "calibration_file", None)))
@@ -100,8 +118,7 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    if args.per_category <= 0:
-        raise ValueError("--per-category must be positive")
+    _positive(args, "per_category", "steps")
     if not registry.is_zoo_name(args.model):
         raise ValueError(f"unknown model {args.model!r}: evaluate compares methods on a zoo "
                          f"model ({', '.join(registry.ENTRIES)})")

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import diffusers
+import torch
 from torch import nn
 from tqdm import tqdm
 
@@ -90,6 +91,10 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
     layers = adapter.quantizable_layers(model)
     if any(isinstance(m, QuantLinear) for m in layers.values()):
         raise ValueError("this transformer is already quantized; load a fresh one")
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not torch.isfinite(param).all():
+            raise ValueError(f"non-finite values (NaN or Inf) in the weights {name}; check the "
+                             "model checkpoint")
     groups = [list(layers)]
     if method.capture is not None and stats is None:
         calib = recipe.calibration

@@ -210,6 +210,8 @@ class SamplingPipeline(ABC):
         """
         if not prompts:
             raise ValueError("no prompts to generate")
+        if steps is not None and steps <= 0:
+            raise ValueError(f"sampling steps must be positive, got {steps}")
         steps = steps or self.default_steps
         scale = self.guidance(guidance_scale)
         uncond = self.null_conditioning() if scale != 1.0 else None
