@@ -122,6 +122,62 @@ def test_corrupt_and_mismatched_artifacts_are_refused(saved, tmp_path, monkeypat
         load(wrong)
 
 
+def _copy(path, to, edit_manifest=None, edit_policy=None, tensors=None):
+    """A copy of artifact ``path`` with its manifest, policy or tensors edited (and the checksum
+    made to match, so that only the edit is wrong)."""
+    import hashlib
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(path, to)
+    if tensors is not None:
+        stored = load_file(str(to / "model.safetensors"))
+        save_file(tensors(stored), str(to / "model.safetensors"))
+    manifest = json.loads((to / "manifest.json").read_text())
+    manifest["sha256"] = hashlib.sha256((to / "model.safetensors").read_bytes()).hexdigest()
+    if edit_manifest:
+        edit_manifest(manifest)
+    (to / "manifest.json").write_text(json.dumps(manifest))
+    if edit_policy:
+        policy = json.loads((to / "policy.json").read_text())
+        edit_policy(policy)
+        (to / "policy.json").write_text(json.dumps(policy))
+    return to
+
+
+def test_mismatched_policies_dtypes_and_models_are_refused(saved, tmp_path, monkeypatch):
+    pipe, _, path = saved
+    _tiny_registry(monkeypatch, pipe)
+
+    def rename_layer(policy):
+        name = next(iter(policy["layers"]))
+        policy["layers"]["transformer_blocks.9.nothing"] = policy["layers"].pop(name)
+
+    with pytest.raises(io.ArtifactError, match="different layers"):
+        load(_copy(path, tmp_path / "layers", edit_policy=rename_layer))
+
+    def float32_scale(stored):
+        key = next(k for k in stored if k.endswith(".scale"))
+        return {**stored, key: stored[key].float()}
+
+    with pytest.raises(io.ArtifactError, match=r"scale is torch.float32"):
+        load(_copy(path, tmp_path / "dtype", tensors=float32_scale))
+
+    def int32_codes(stored):
+        key = next(k for k in stored if k.endswith(".qweight"))
+        return {**stored, key: stored[key].to(torch.int32)}
+
+    with pytest.raises(io.ArtifactError, match=r"qweight is torch.int32"):
+        load(_copy(path, tmp_path / "codes", tensors=int32_codes))
+
+    def another_zoo_model(manifest):
+        manifest["model"] = "zimage-digits"
+
+    with pytest.raises(io.ArtifactError, match="names zimage-digits"):
+        load(_copy(path, tmp_path / "model", edit_manifest=another_zoo_model))
+
+
 def test_save_writes_nothing_half_done(saved, tmp_path, monkeypatch):
     pipe, policy, _ = saved
 

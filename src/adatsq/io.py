@@ -152,7 +152,12 @@ def load_quantized(skeleton: nn.Module, path: str | Path) -> tuple[nn.Module, Po
         policy = Policy.load(path / "policy.json")
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path}/policy.json: {exc}") from None
+    if set(policy.layers) != set(manifest["layers"]):
+        odd = sorted(set(policy.layers) ^ set(manifest["layers"]))
+        raise ArtifactError(f"{path}/policy.json and the manifest name different layers (e.g. "
+                            f"{odd[0]}); the artifact is corrupt, re-create it")
     tensors = load_file(str(weights))
+    _check_dtypes(tensors, manifest, path)
     modules = dict(skeleton.named_modules())
     for name, meta in manifest["layers"].items():
         linear = modules.get(name)
@@ -165,7 +170,7 @@ def load_quantized(skeleton: nn.Module, path: str | Path) -> tuple[nn.Module, Po
         if "lowrank_down" in extra:
             lowrank = (extra.pop("lowrank_down"), extra.pop("lowrank_up"))
         a = meta["activation"]
-        bits = policy.layers[name].activation_bits if name in policy.layers else (FULL_PRECISION,)
+        bits = policy.layers[name].activation_bits
         activation = ActivationQuant(bits[0] if len(set(bits)) == 1 else tuple(bits),
                                      a["granularity"], a["symmetric"], a["group_size"])
         common = dict(bias=extra.pop("bias", None), activation=activation,
@@ -191,6 +196,21 @@ def load_quantized(skeleton: nn.Module, path: str | Path) -> tuple[nn.Module, Po
         raise ArtifactError(f"artifact tensors do not match the transformer (missing "
                             f"{missing[:3]}, unexpected {unexpected[:3]})")
     return skeleton.eval().requires_grad_(False), policy
+
+
+def _check_dtypes(tensors: dict[str, torch.Tensor], manifest: dict[str, Any], path: Path) -> None:
+    """Every stored tensor in the dtype the format gives it: packed codes in uint8, floats in the
+    manifest's storage dtype (FP16 before it was recorded)."""
+    floats = getattr(torch, manifest.get("storage_dtype", "float16"), None)
+    if floats not in (torch.float16, torch.bfloat16):
+        raise ArtifactError(f"{path}/manifest.json: unknown storage dtype "
+                            f"{manifest.get('storage_dtype')!r}")
+    for key, t in tensors.items():
+        want = torch.uint8 if key.endswith(".qweight") else floats
+        if t.is_floating_point() or key.endswith(".qweight"):
+            if t.dtype != want:
+                raise ArtifactError(f"{path}/model.safetensors: {key} is {t.dtype}, the format "
+                                    f"stores {want}; the artifact is corrupt, re-create it")
 
 
 def model_bytes(model: nn.Module) -> int:

@@ -7,6 +7,7 @@ finalisation (e.g. AdaTSQ's search) -> a :class:`~adatsq.policy.Policy` describi
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import replace
@@ -206,7 +207,13 @@ def load(path: str | Path, **settings):
     except (AttributeError, KeyError, TypeError) as exc:
         raise io.ArtifactError(f"{path}: cannot rebuild the transformer ({exc})") from None
     transformer, policy = io.load_quantized(skeleton, path)
-    if registry.is_zoo_name(manifest["model"]):
+    zoo = registry.is_zoo_name(manifest["model"])
+    if zoo and [manifest["model_class"], manifest["config"]] != json.loads(json.dumps(
+            [registry.get(manifest["model"]).model_class,
+             dict(registry.get(manifest["model"]).transformer_config)])):  # as JSON stores it
+        raise io.ArtifactError(f"{path}: its manifest names {manifest['model']}, but its "
+                               "transformer class or config is not that model's; re-create it")
+    if zoo:
         if settings:
             raise ValueError(f"{', '.join(sorted(settings))}: only for diffusers pipelines")
         entry = registry.get(manifest["model"])
