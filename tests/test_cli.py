@@ -112,3 +112,11 @@ def test_a_non_utf8_prompt_file_is_named(capsys, tmp_path):
     bad.write_bytes(b"a red 3\n\xff\xfe\n")
     assert f"{bad} is not UTF-8" in _error(capsys, ["generate", "flux-digits",
                                                      "--prompts-file", str(bad)])
+
+
+def test_a_recipe_field_of_the_wrong_type_is_named(capsys, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: rtn\nweights:\n  bits: four\n")
+    err = _error(capsys, ["quantize", "flux-digits", "--recipe", str(recipe), "--out",
+                          str(tmp_path / "x")])
+    assert "weight bit width" in err and "'four'" in err

@@ -8,6 +8,7 @@ width of 16 means "not quantized" everywhere in the package.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,8 @@ VALID_BITS = (2, 3, 4, 5, 6, 7, 8, FULL_PRECISION)
 
 def check_bits(bits: int | float, what: str = "bit width") -> int:
     """Returns ``bits`` as int or raises ``ValueError`` naming the allowed values."""
-    if int(bits) != bits or int(bits) not in VALID_BITS:
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Real) or int(bits) != bits or \
+            int(bits) not in VALID_BITS:
         raise ValueError(f"{what} must be an integer in 2..8 or 16 (off), got {bits!r}")
     return int(bits)
 
