@@ -222,3 +222,45 @@ def test_non_finite_weights_are_refused_before_quantizing(calibrated, bad):
         quantize_(pipe, Recipe(method="rtn"), progress=False)
     with pytest.raises(ValueError, match="steps must be positive"):
         pipe.generate(["a 3"], steps=0)
+
+
+def test_random_corruptions_load_bit_exact_or_fail_in_one_line(saved, tmp_path, monkeypatch):
+    """Truncated files, flipped bits and edited manifest or policy fields: each artifact either
+    loads and generates exactly what the intact one does, or is refused with a one-line
+    ValueError (ArtifactError) - never another exception, never a different result."""
+    import random
+    import shutil
+
+    pipe, _, path = saved
+    _tiny_registry(monkeypatch, pipe)
+    intact, _ = load(path)
+    want = intact.generate(PROMPTS[:1], seed=1, steps=2)
+    rng = random.Random(0)
+    outcomes = {"loaded": 0, "refused": 0}
+    for i in range(30):
+        copy = tmp_path / f"c{i}"
+        shutil.copytree(path, copy)
+        kind = rng.choice(["truncate", "flip", "manifest", "policy"])
+        if kind in ("truncate", "flip"):
+            f = copy / rng.choice(["model.safetensors", "manifest.json", "policy.json"])
+            data = bytearray(f.read_bytes())
+            if kind == "truncate":
+                data = data[:rng.randrange(len(data))]
+            else:
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            f.write_bytes(bytes(data))
+        else:
+            f = copy / f"{kind}.json"
+            d = json.loads(f.read_text())
+            d[rng.choice(sorted(d))] = rng.choice([None, 0, "x", [], {}, -1, 3.5])
+            f.write_text(json.dumps(d))
+        try:
+            loaded, _ = load(copy)
+            got = loaded.generate(PROMPTS[:1], seed=1, steps=2)
+        except ValueError as exc:  # ArtifactError is one
+            assert str(exc) and len(str(exc).splitlines()) == 1, (kind, str(exc))
+            outcomes["refused"] += 1
+            continue
+        assert torch.equal(got, want), (i, kind, f.name)
+        outcomes["loaded"] += 1
+    assert outcomes["refused"] >= 10 and sum(outcomes.values()) == 30

@@ -52,6 +52,13 @@ class ArtifactError(ValueError):
     """A missing, corrupt or mismatched artifact."""
 
 
+_MANIFEST = {"model": str, "model_class": str, "config": dict, "layers": dict, "sha256": str}
+"""Required manifest fields and their JSON types."""
+_LAYER = {"in_features": int, "out_features": int, "weight_bits": int, "rotate_input": bool,
+          "activation": dict, "tensors": list}
+"""Required fields of a layer's layout in the manifest."""
+
+
 def round_to_storage_(model: nn.Module) -> nn.Module:
     """Rounds every float parameter and persistent buffer (what an artifact stores) to values
     representable in :func:`storage_dtype`, in place; buffers a model recomputes
@@ -132,10 +139,20 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         manifest = json.loads((path / "manifest.json").read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path}/manifest.json is corrupt ({exc.msg})") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") not in READABLE_VERSIONS:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
+            manifest.get("version") not in READABLE_VERSIONS:
         raise ArtifactError(f"{path} is not an adatsq artifact of a version this adatsq reads "
                             f"({', '.join(map(str, READABLE_VERSIONS))}); re-create it with "
                             "'adatsq quantize'")
+    for key, kind in _MANIFEST.items():
+        if not isinstance(manifest.get(key), kind):
+            raise ArtifactError(f"{path}/manifest.json: {key!r} is missing or not a "
+                                f"{kind.__name__}; the artifact is corrupt, re-create it")
+    for name, meta in manifest["layers"].items():
+        if not isinstance(meta, dict) or any(not isinstance(meta.get(k), t)
+                                             for k, t in _LAYER.items()):
+            raise ArtifactError(f"{path}/manifest.json: the layout of layer {name} is corrupt; "
+                                "re-create the artifact")
     return manifest
 
 

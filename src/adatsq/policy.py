@@ -135,5 +135,5 @@ class Policy:
     def load(cls, path: str | Path) -> Policy:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{path} is not a valid policy file ({exc})") from None
