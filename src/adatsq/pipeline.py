@@ -201,22 +201,22 @@ def load(path: str | Path, **settings):
     A diffusers pipeline samples as it did when quantized unless ``settings`` say otherwise.
     """
     manifest = io.read_manifest(path)
+    entry = registry.get(manifest["model"]) if registry.is_zoo_name(manifest["model"]) else None
+    if entry is not None:  # checked before any weight is read
+        if settings:
+            raise ValueError(f"{', '.join(sorted(settings))}: only for diffusers pipelines")
+        if [manifest["model_class"], manifest["config"]] != json.loads(json.dumps(
+                [entry.model_class, dict(entry.transformer_config)])):  # as JSON stores it
+            raise io.ArtifactError(f"{path}: its manifest names {manifest['model']}, but its "
+                                   "transformer class or config is not that model's; "
+                                   "re-create it")
     try:
         cls = getattr(diffusers, manifest["model_class"])
         skeleton = cls(**manifest["config"])
     except (AttributeError, KeyError, TypeError) as exc:
         raise io.ArtifactError(f"{path}: cannot rebuild the transformer ({exc})") from None
     transformer, policy = io.load_quantized(skeleton, path)
-    zoo = registry.is_zoo_name(manifest["model"])
-    if zoo and [manifest["model_class"], manifest["config"]] != json.loads(json.dumps(
-            [registry.get(manifest["model"]).model_class,
-             dict(registry.get(manifest["model"]).transformer_config)])):  # as JSON stores it
-        raise io.ArtifactError(f"{path}: its manifest names {manifest['model']}, but its "
-                               "transformer class or config is not that model's; re-create it")
-    if zoo:
-        if settings:
-            raise ValueError(f"{', '.join(sorted(settings))}: only for diffusers pipelines")
-        entry = registry.get(manifest["model"])
+    if entry is not None:
         pipe = DigitPipeline(entry, transformer, task_for(entry))
     else:
         settings = {**manifest.get("sampling", {}), **settings}
