@@ -8,7 +8,7 @@ import torch
 from adatsq import io
 from adatsq.config import ActivationSpec, Recipe, WeightSpec
 from adatsq.pipeline import attach_tracker, load, quantize_, save
-from adatsq.policy import Policy
+from adatsq.policy import LayerPolicy, Policy
 from adatsq.quant.primitives import pack_codes, unpack_codes
 from tests.conftest import PROMPTS, fresh_copy
 
@@ -60,9 +60,17 @@ def test_a_saved_policy_reapplied_restores_the_outputs(saved, tmp_path):
     assert not torch.equal(pipe.generate(PROMPTS[:2], seed=5), want)
     Policy.load(policy.save(tmp_path / "policy.json")).apply_(pipe.transformer)
     assert torch.equal(pipe.generate(PROMPTS[:2], seed=5), want)
-    with pytest.raises(ValueError, match="not a quantized layer"):
+    first, *rest = policy.layers
+    with pytest.raises(ValueError, match="'no.such.layer' is not a quantized layer"):
         Policy(policy.model, policy.method, policy.schedule,
-               {"no.such.layer": next(iter(policy.layers.values()))}).apply_(pipe.transformer)
+               {**policy.layers, "no.such.layer": policy.layers[first]}).apply_(pipe.transformer)
+    with pytest.raises(ValueError, match=f"quantized layer '{first}' is not in the policy"):
+        Policy(policy.model, policy.method, policy.schedule,
+               {n: policy.layers[n] for n in rest}).apply_(pipe.transformer)
+    cut = {n: LayerPolicy(lp.weight_bits, lp.activation_bits[:-1])
+           for n, lp in policy.layers.items()}
+    with pytest.raises(ValueError, match=f"has {policy.steps - 1} steps but layer"):
+        Policy(policy.model, policy.method, policy.schedule[:-1], cut).apply_(pipe.transformer)
 
 
 def test_packed_size_is_smaller_than_fp16(saved):
@@ -171,11 +179,38 @@ def test_mismatched_policies_dtypes_and_models_are_refused(saved, tmp_path, monk
     with pytest.raises(io.ArtifactError, match=r"qweight is torch.int32"):
         load(_copy(path, tmp_path / "codes", tensors=int32_codes))
 
+    def nan_scale(stored):
+        key = next(k for k in stored if k.endswith(".scale"))
+        scale = stored[key].clone()
+        scale[0, 0] = float("nan")
+        return {**stored, key: scale}
+
+    with pytest.raises(io.ArtifactError, match=r"scale holds NaN or Inf"):
+        load(_copy(path, tmp_path / "nan", tensors=nan_scale))
+
     def another_zoo_model(manifest):
         manifest["model"] = "zimage-digits"
 
     with pytest.raises(io.ArtifactError, match="names zimage-digits"):
         load(_copy(path, tmp_path / "model", edit_manifest=another_zoo_model))
+
+
+def test_a_policy_cut_to_fewer_steps_is_refused_when_sampling(saved, tmp_path, monkeypatch):
+    """A policy whose schedule and bits were cut to T-1 steps, sampled with T: each call is
+    refused by name instead of taking the bits of the nearest step."""
+    pipe, policy, path = saved
+    _tiny_registry(monkeypatch, pipe)
+    T = policy.steps
+
+    def cut(data):
+        data["schedule"] = data["schedule"][:-1]
+        for layer in data["layers"].values():
+            layer["activation_bits"] = [4 if i % 2 else 3 for i in range(T - 1)]
+
+    loaded, cut_policy = load(_copy(path, tmp_path / "cut", edit_policy=cut))
+    assert cut_policy.steps == T - 1
+    with pytest.raises(ValueError, match=f"on none of the {T - 1} steps"):
+        loaded.generate(PROMPTS[:1], seed=0, steps=T)
 
 
 def test_save_writes_nothing_half_done(saved, tmp_path, monkeypatch):
@@ -211,6 +246,12 @@ def test_a_bfloat16_model_is_stored_in_bfloat16_without_overflow(tmp_path):
     assert stored["x_embedder.weight"][0, 0].float().item() == pytest.approx(70000.0, rel=0.01)
     assert json.loads((path / "manifest.json").read_text())["storage_dtype"] == "bfloat16"
     assert io.storage_dtype(entry.build_model()) == torch.float16
+    model32 = entry.build_model().eval().requires_grad_(False)
+    model32.x_embedder.weight[0, 0] = 70000.0  # past FP16, the storage of a float32 model
+    with pytest.raises(ValueError, match="x_embedder.weight has values that are not finite in "
+                                         "float16 storage"):
+        quantize_(DigitPipeline(entry, model32, task_for(entry)), Recipe(method="rtn"),
+                  progress=False)
 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])

@@ -88,13 +88,15 @@ def cmd_generate(args) -> int:
                  inputs=(args.artifact, args.model, args.prompts_file))
     prompts = _read_prompts(args)
     settings = _settings(args, "height", "width", "frames")
+    steps = args.steps
     if args.artifact:
-        pipe, _ = load(args.artifact, **settings)
+        pipe, policy = load(args.artifact, **settings)
+        steps = steps or policy.steps  # the steps its bits were chosen for
     elif args.model:
         pipe = load_pipeline(args.model, **settings)
     else:
         raise ValueError("name a model (zoo name, folder or hub id) or pass --artifact DIR")
-    images = pipe.generate(prompts, seed=args.seed, steps=args.steps, progress=True)
+    images = pipe.generate(prompts, seed=args.seed, steps=steps, progress=True)
     sample_grid({args.artifact or args.model: frame_strips(images.numpy())}, prompts, args.out)
     print(f"wrote {args.out}")
     return 0

@@ -66,9 +66,13 @@ def round_to_storage_(model: nn.Module) -> nn.Module:
     from its config."""
     dtype = storage_dtype(model)
     with torch.no_grad():
-        for t in model.state_dict().values():  # shares storage with the model's tensors
+        for key, t in model.state_dict().items():  # shares storage with the model's tensors
             if t.is_floating_point():
                 t.copy_(t.to(dtype).to(t.dtype))
+                if not torch.isfinite(t).all():
+                    raise ValueError(f"{key} has values that are not finite in "
+                                     f"{str(dtype).removeprefix('torch.')} storage (overflow "
+                                     "past its range, or NaN); check the model's weights")
         for m in model.modules():
             if isinstance(m, QuantLinear) and m.weight_bits != FULL_PRECISION:
                 m.refresh_weight()
@@ -175,6 +179,10 @@ def load_quantized(skeleton: nn.Module, path: str | Path) -> tuple[nn.Module, Po
                             f"{odd[0]}); the artifact is corrupt, re-create it")
     tensors = load_file(str(weights))
     _check_dtypes(tensors, manifest, path)
+    for key, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ArtifactError(f"{path}/model.safetensors: {key} holds NaN or Inf values; the "
+                                "artifact is corrupt, re-create it")
     modules = dict(skeleton.named_modules())
     for name, meta in manifest["layers"].items():
         linear = modules.get(name)

@@ -25,7 +25,7 @@ from adatsq.eval.fidelity import psnr_per_image
 from adatsq.eval.tasks import task_for
 from adatsq.io import round_to_storage_
 from adatsq.methods import get_method
-from adatsq.models.pipelines import load_diffusers_pipeline
+from adatsq.models.pipelines import check_transformer, load_diffusers_pipeline
 from adatsq.policy import LayerPolicy, Policy
 from adatsq.quant.qlinear import QuantLinear, StepTracker, set_module
 from adatsq.zoo import registry
@@ -210,6 +210,11 @@ def load(path: str | Path, **settings):
             raise io.ArtifactError(f"{path}: its manifest names {manifest['model']}, but its "
                                    "transformer class or config is not that model's; "
                                    "re-create it")
+    else:
+        try:
+            check_transformer(manifest["model"], manifest["model_class"], manifest["config"])
+        except ValueError as exc:
+            raise io.ArtifactError(f"{path}: {exc}; wrong model for this artifact?") from None
     try:
         cls = getattr(diffusers, manifest["model_class"])
         skeleton = cls(**manifest["config"])

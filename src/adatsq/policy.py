@@ -85,8 +85,18 @@ class Policy:
         return max(bits) if bits else FULL_PRECISION
 
     def apply_(self, model: nn.Module) -> nn.Module:
-        """Sets every quantized layer of ``model`` to this policy's activation bits (in place)."""
+        """Sets every quantized layer of ``model`` to this policy's activation bits (in place).
+
+        Raises:
+            ValueError: naming the layer, when the policy and the model's quantized layers differ
+                (names, weight bits) or the schedule the model follows has another length.
+        """
         modules = dict(model.named_modules())
+        unlisted = [n for n, m in modules.items() if isinstance(m, QuantLinear)
+                    and n not in self.layers]
+        if unlisted:
+            raise ValueError(f"quantized layer {unlisted[0]!r} is not in the policy "
+                             f"({len(unlisted)} such layers); a policy of another model?")
         for name, lp in self.layers.items():
             layer = modules.get(name)
             if not isinstance(layer, QuantLinear):
@@ -94,6 +104,9 @@ class Policy:
             if layer.weight_bits != lp.weight_bits:
                 raise ValueError(f"policy gives {name!r} {lp.weight_bits}-bit weights but the "
                                  f"layer holds {layer.weight_bits}-bit weights")
+            if layer.tracker is not None and len(layer.tracker.schedule) != self.steps:
+                raise ValueError(f"the policy has {self.steps} steps but layer {name!r} follows "
+                                 f"a {len(layer.tracker.schedule)}-step schedule")
             bits = lp.activation_bits
             uniform = len(set(bits)) == 1
             layer.activation = replace(layer.activation, bits=bits[0] if uniform else tuple(bits))

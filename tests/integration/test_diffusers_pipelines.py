@@ -17,6 +17,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from adatsq.cli import main
 from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec
+from adatsq.io import ArtifactError
 from adatsq.models import pipelines
 from adatsq.models.base import Pipeline
 from adatsq.models.pipelines import DiffusersPipeline
@@ -213,3 +214,21 @@ def test_bad_models_are_one_line_errors(folders, tmp_path, capsys, monkeypatch):
         loaded=True)
     assert "only for diffusers" in _error(capsys, [
         "quantize", "flux-digits", "--height", "32", "--out", "x"])
+
+
+def test_an_artifact_is_checked_against_its_model_folder(folders, tmp_path):
+    """A manifest whose transformer config is not the folder's is refused by key, before the
+    weights are read."""
+    pipe = _load(folders, "flux-schnell")
+    recipe = Recipe(method="rtn", **W4A4, calibration=CalibrationSpec(num_prompts=2, steps=2))
+    save(pipe, quantize_(pipe, recipe, progress=False), tmp_path / "art")
+    manifest_path = tmp_path / "art" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["config"]["axes_dims_rope"] = list(reversed(manifest["config"]["axes_dims_rope"]))
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="axes_dims_rope="):
+        load(tmp_path / "art")
+    manifest["model_class"] = "WanTransformer3DModel"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="holds a WanTransformer3DModel"):
+        load(tmp_path / "art")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -35,12 +36,28 @@ def test_per_step_bits_follow_the_timestep_value():
     q = QuantLinear.from_linear(lin, WeightSpec(bits=16), act, tracker)
     x = torch.randn(2, 32)
     outs = {}
-    for t, expected in [(1.0, 16), (0.74, 8), (0.51, 3), (0.2, 16)]:
+    for t, expected in [(1.0, 16), (0.74, 8), (0.51, 3), (0.24, 16)]:
         tracker.update(torch.tensor([t, t]))
         assert q.current_bits() == expected
         outs[expected] = q(x)
     assert torch.equal(outs[16], lin(x))
     assert (outs[3] - lin(x)).abs().max() > (outs[8] - lin(x)).abs().max()
+
+
+def test_a_call_off_the_schedule_is_refused_only_where_bits_change_per_step():
+    lin = _linear()
+    tracker = StepTracker(torch.linspace(1000, 1000 / 3, 3))  # a 3-step policy
+    per_step = QuantLinear.from_linear(lin, WeightSpec(bits=16), ActivationQuant((8, 4, 8)),
+                                       tracker)
+    uniform = QuantLinear.from_linear(lin, WeightSpec(bits=16), ActivationQuant(4), tracker)
+    x = torch.randn(2, 32)
+    tracker.update(torch.tensor(1000 * 2 / 3 + 2.0))  # BF16 rounding of a step's timestep
+    per_step(x)
+    for t in torch.linspace(1000, 250, 4)[1:]:  # a 4-step schedule
+        tracker.update(t)
+        with pytest.raises(ValueError, match="on none of the 3 steps"):
+            per_step(x)
+        uniform(x)  # the same bits at every step: any schedule is fine
 
 
 def test_tracker_hook_reads_the_timestep_until_removed():

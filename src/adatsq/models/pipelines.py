@@ -373,6 +373,35 @@ def _pipeline_class(model: str) -> tuple[str, str, bool]:
     return json.loads(Path(index).read_text()).get("_class_name", "?"), model, offline
 
 
+def check_transformer(model: str, model_class: str, config: dict[str, Any]) -> None:
+    """Raises ``ValueError`` naming the first difference when the transformer class or config
+    (as an artifact's manifest records them) is not that of ``model``'s own transformer (the
+    folder's or cached hub snapshot's ``transformer/config.json``; keys it omits take defaults).
+    """
+    _, resolved, local_only = _pipeline_class(model)
+    if Path(resolved).is_dir():
+        stored = Path(resolved) / "transformer" / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            stored = Path(hf_hub_download(resolved, "transformer/config.json",
+                                          local_files_only=local_only))
+        except Exception as exc:  # the hub's errors have many types; all mean the same here
+            raise ValueError(f"cannot read the transformer config of {model} "
+                             f"({_first_line(exc)})") from None
+    if not stored.is_file():
+        raise ValueError(f"{model} has no transformer/config.json to check the artifact against")
+    own = json.loads(stored.read_text())
+    if own.get("_class_name") not in (None, model_class):
+        raise ValueError(f"the artifact holds a {model_class} but {model} has a "
+                         f"{own['_class_name']}")
+    for key, value in own.items():
+        if not key.startswith("_") and key in config and config[key] != value:
+            raise ValueError(f"the artifact's transformer has {key}={config[key]!r} but that "
+                             f"of {model} has {key}={value!r}")
+
+
 def _dtype_keyword() -> str:
     """``dtype`` for diffusers versions that renamed ``torch_dtype``."""
     from diffusers.pipelines import pipeline_utils

@@ -42,11 +42,35 @@ class StepTracker:
     def __init__(self, schedule: torch.Tensor):
         self.schedule = torch.as_tensor(schedule, dtype=torch.float64).flatten()
         self.index: int | None = None
+        self.off_schedule: float | None = None
+        """The timestep of the current call when it lies on no step of the schedule."""
+        s = self.schedule
+        gaps = (s[1:] - s[:-1]).abs()
+        # a call matches step i when within a tenth of the gap to i's neighbours, and never
+        # closer than BF16 rounding of the timestep (a 1/256 part of the largest)
+        near = torch.full_like(s, float("inf"))
+        near[:-1] = gaps
+        near[1:] = torch.minimum(near[1:], gaps)
+        floor = s.abs().max() / 256 if len(s) else 0.0
+        self.tolerance = torch.maximum(near / 10, torch.as_tensor(floor, dtype=torch.float64))
 
     def update(self, timestep: torch.Tensor | float) -> int:
         t = float(torch.as_tensor(timestep).flatten()[0])
-        self.index = int(torch.argmin((self.schedule - t).abs()))
+        distance = (self.schedule - t).abs()
+        self.index = int(torch.argmin(distance))
+        on = bool(distance[self.index] <= self.tolerance[self.index])
+        self.off_schedule = None if on else t
         return self.index
+
+    def check(self) -> None:
+        """Raises ``ValueError`` when the current call is on no step of the schedule (a model
+        whose bits change per step then cannot know which step it is at)."""
+        if self.off_schedule is not None:
+            raise ValueError(f"the transformer was called at timestep {self.off_schedule:g}, "
+                             f"which is on none of the {len(self.schedule)} steps its per-step "
+                             f"activation bits were chosen for; sample with "
+                             f"{len(self.schedule)} steps (and the schedule of the policy) or "
+                             "quantize for this schedule")
 
     def attach(self, model: nn.Module, timestep_of) -> torch.utils.hooks.RemovableHandle:
         """Registers the pre-hook; ``timestep_of(args, kwargs)`` extracts the timestep."""
@@ -176,7 +200,11 @@ class QuantLinear(nn.Module):
         return x
 
     def current_bits(self) -> int:
-        return self.activation.bits_at(self.tracker.index if self.tracker is not None else None)
+        if self.tracker is None:
+            return self.activation.bits_at(None)
+        if not isinstance(self.activation.bits, int):
+            self.tracker.check()
+        return self.activation.bits_at(self.tracker.index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.transform_input(x)
