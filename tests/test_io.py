@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from adatsq import io
 from adatsq.config import ActivationSpec, Recipe, WeightSpec
@@ -188,6 +189,14 @@ def test_mismatched_policies_dtypes_and_models_are_refused(saved, tmp_path, monk
     with pytest.raises(io.ArtifactError, match=r"scale holds NaN or Inf"):
         load(_copy(path, tmp_path / "nan", tensors=nan_scale))
 
+    def wider_scale(stored):
+        key = next(k for k in stored if k.endswith(".scale"))
+        return {**stored, key: stored[key].repeat(1, 2)}
+
+    layer = next(k for k in load_file(str(path / "model.safetensors")) if k.endswith(".scale"))
+    with pytest.raises(io.ArtifactError, match=f"layer {layer[:-6]}: scale of shape"):
+        load(_copy(path, tmp_path / "shape", tensors=wider_scale))
+
     def another_zoo_model(manifest):
         manifest["model"] = "zimage-digits"
 
@@ -305,3 +314,19 @@ def test_random_corruptions_load_bit_exact_or_fail_in_one_line(saved, tmp_path, 
         assert torch.equal(got, want), (i, kind, f.name)
         outcomes["loaded"] += 1
     assert outcomes["refused"] >= 10 and sum(outcomes.values()) == 30
+
+
+def test_loading_builds_the_skeleton_without_its_weights():
+    """Parameters built inside empty_weights live on the meta device (no memory); buffers a
+    model computes at construction stay real."""
+    class WithTable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4096, 4096)
+            self.register_buffer("table", torch.arange(4.0), persistent=False)
+
+    with io.empty_weights():
+        model = WithTable()
+    assert model.linear.weight.is_meta and model.linear.bias.is_meta
+    assert torch.equal(model.table, torch.arange(4.0))
+    assert not torch.nn.Linear(2, 2).weight.is_meta  # only inside

@@ -7,45 +7,53 @@ Layout of an artifact directory::
                         every other transformer parameter in FP16 (all of these in BF16 for a
                         bfloat16 model: :func:`storage_dtype`)
     manifest.json       format version, model, transformer class and config, storage dtype,
-                        per-layer layout, SHA-256 of model.safetensors
+                        per-layer layout (each quantized layer's ``QuantLinear.layout()``: the
+                        quantization map), SHA-256 of model.safetensors
     policy.json         the policy (per-step activation bits, recipe, settings)
 
-Quantization rounds every stored float to the storage dtype before the model is used, so that
-loading an artifact gives a model whose outputs are bit-exact to the model that was saved. Writing
-goes to a temporary directory renamed at the end: a failed save leaves nothing half-written.
+A quantized layer holds exactly what is stored (its ``state_dict``: packed codes and 16-bit
+floats), so it is written and read as is; the rest of a float32 model is rounded to FP16 when it
+is quantized, so that the model that runs is the model that is saved and loading is bit-exact.
+Loading never materializes a full-precision model: the transformer is built with its parameters
+on the meta device and every tensor is read straight into place (:func:`load_quantized`).
+Writing goes to a temporary directory renamed at the end: a failed save leaves nothing
+half-written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from adatsq.files import atomic_dir, write_json
 from adatsq.policy import Policy
-from adatsq.quant.primitives import FULL_PRECISION, pack_codes, unpack_codes
-from adatsq.quant.qlinear import ActivationQuant, QuantLinear, set_module
+from adatsq.quant.qlinear import QuantLinear, set_module
+from adatsq.quant.qlinear import storage_dtype as layer_storage_dtype
 
 FORMAT = "adatsq-artifact"
 FORMAT_VERSION = 2
 """Version written; 2 adds randomized rotations (``rotation_signs``). Versions in
 :data:`READABLE_VERSIONS` load."""
 READABLE_VERSIONS = (1, 2)
-STORAGE_DTYPE = torch.float16
-"""Storage of every float of a float16 or float32 model; a bfloat16 model (Flux and Wan ship in
-bf16) is stored in bfloat16, whose range holds its values (FP16 overflows past 65504)."""
 
 
 def storage_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype an artifact of ``model`` stores its floats in (see :data:`STORAGE_DTYPE`)."""
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    return torch.bfloat16 if dtype == torch.bfloat16 else STORAGE_DTYPE
-_OPTIONAL = ("bias", "smooth", "rotation_signs", "lowrank_down", "lowrank_up")
+    """The 16-bit dtype an artifact of ``model`` stores its floats in: that of its quantized
+    layers (:func:`adatsq.quant.qlinear.storage_dtype` of the dtype most of its weights have)."""
+    sizes: dict[torch.dtype, int] = {}
+    for t in model.parameters():
+        if t.is_floating_point():
+            sizes[t.dtype] = sizes.get(t.dtype, 0) + t.numel()
+    return layer_storage_dtype(max(sizes, key=sizes.get) if sizes else torch.float32)
 
 
 class ArtifactError(ValueError):
@@ -73,20 +81,7 @@ def round_to_storage_(model: nn.Module) -> nn.Module:
                     raise ValueError(f"{key} has values that are not finite in "
                                      f"{str(dtype).removeprefix('torch.')} storage (overflow "
                                      "past its range, or NaN); check the model's weights")
-        for m in model.modules():
-            if isinstance(m, QuantLinear) and m.weight_bits != FULL_PRECISION:
-                m.refresh_weight()
     return model
-
-
-def _layer_meta(q: QuantLinear) -> dict[str, Any]:
-    a = q.activation
-    return {"in_features": q.in_features, "out_features": q.out_features,
-            "weight_bits": q.weight_bits, "group_size": q.group_size,
-            "rotate_input": q.rotate_input,
-            "activation": {"granularity": a.granularity, "symmetric": a.symmetric,
-                           "group_size": a.group_size},
-            "tensors": [k for k in _OPTIONAL if getattr(q, k) is not None]}
 
 
 def _sha256(path: Path) -> str:
@@ -106,23 +101,10 @@ def save(model: nn.Module, policy: Policy, path: str | Path, source: dict[str, A
     """
     path = Path(path)
     dtype = storage_dtype(model)
-    tensors: dict[str, torch.Tensor] = {}
-    layers: dict[str, Any] = {}
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
-    for name, q in quantized.items():
-        layers[name] = _layer_meta(q)
-        if q.weight_bits == FULL_PRECISION:
-            tensors[f"{name}.weight"] = q.weight.to(dtype)
-        else:
-            tensors[f"{name}.qweight"] = pack_codes(q.codes, q.weight_bits)
-            tensors[f"{name}.scale"] = q.scale.to(dtype)
-            tensors[f"{name}.zero"] = q.zero.to(dtype)
-        for key in layers[name]["tensors"]:
-            tensors[f"{name}.{key}"] = getattr(q, key).to(dtype)
-    prefixes = tuple(f"{n}." for n in quantized)
-    for key, value in model.state_dict().items():
-        if not key.startswith(prefixes):
-            tensors[key] = value.to(dtype) if value.is_floating_point() else value
+    layers = {name: q.layout() for name, q in quantized.items()}
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v
+               for k, v in model.state_dict().items()}  # quantized layers' are in dtype already
     with atomic_dir(path, replace=True) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, **source,
@@ -160,9 +142,39 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_quantized(skeleton: nn.Module, path: str | Path) -> tuple[nn.Module, Policy]:
-    """Loads artifact ``path`` into ``skeleton`` (the transformer built from the manifest's class
-    and config) and returns it with its policy; verifies the checksum and every shape."""
+@contextmanager
+def empty_weights() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device (no memory, no
+    initialisation); buffers stay real, so tables a model computes at construction (rotary
+    frequencies) are kept. :func:`load_quantized` then puts the stored tensors in place."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def load_quantized(build: Callable[[], nn.Module], path: str | Path,
+                   dtype: torch.dtype = torch.float32,
+                   device: str | torch.device = "cpu") -> tuple[nn.Module, Policy]:
+    """Loads artifact ``path`` and returns its transformer and policy, verifying the checksum,
+    every dtype, shape and value, without ever holding a full-precision copy of the model.
+
+    Args:
+        build: builds the transformer (the manifest's class and config); it is built with its
+            parameters on the meta device, then every stored tensor is read straight into place.
+        dtype: the dtype of the 16-bit rest of the model (float32 on the CPU, bfloat16 on a GPU;
+            modules the class keeps in float32 stay float32); quantized layers keep their stored
+            16-bit floats and compute in the dtype of their input.
+        device: where the tensors go.
+    """
     path = Path(path)
     manifest = read_manifest(path)
     weights = path / "model.safetensors"
@@ -177,80 +189,78 @@ def load_quantized(skeleton: nn.Module, path: str | Path) -> tuple[nn.Module, Po
         odd = sorted(set(policy.layers) ^ set(manifest["layers"]))
         raise ArtifactError(f"{path}/policy.json and the manifest name different layers (e.g. "
                             f"{odd[0]}); the artifact is corrupt, re-create it")
-    tensors = load_file(str(weights))
-    _check_dtypes(tensors, manifest, path)
-    for key, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ArtifactError(f"{path}/model.safetensors: {key} holds NaN or Inf values; the "
-                                "artifact is corrupt, re-create it")
+    floats = _storage_of(manifest, path)
+    with empty_weights():
+        skeleton = build()
     modules = dict(skeleton.named_modules())
-    for name, meta in manifest["layers"].items():
-        linear = modules.get(name)
-        if not isinstance(linear, nn.Linear) or (linear.out_features, linear.in_features) != (
-                meta["out_features"], meta["in_features"]):
-            raise ArtifactError(f"artifact layer {name} does not match the transformer "
-                                f"({type(linear).__name__}); wrong model for this artifact?")
-        extra = {k: tensors[f"{name}.{k}"].float() for k in meta["tensors"]}
-        lowrank = None
-        if "lowrank_down" in extra:
-            lowrank = (extra.pop("lowrank_down"), extra.pop("lowrank_up"))
-        a = meta["activation"]
-        bits = policy.layers[name].activation_bits
-        activation = ActivationQuant(bits[0] if len(set(bits)) == 1 else tuple(bits),
-                                     a["granularity"], a["symmetric"], a["group_size"])
-        common = dict(bias=extra.pop("bias", None), activation=activation,
-                      rotate_input=meta["rotate_input"], lowrank=lowrank, **extra)
-        if meta["weight_bits"] == FULL_PRECISION:
-            q = QuantLinear(meta["in_features"], meta["out_features"], weight_bits=FULL_PRECISION,
-                            weight=tensors[f"{name}.weight"].float(), **common)
-        else:
-            codes = unpack_codes(tensors[f"{name}.qweight"], meta["weight_bits"],
-                                 (meta["out_features"], meta["in_features"]))
-            q = QuantLinear(meta["in_features"], meta["out_features"],
-                            weight_bits=meta["weight_bits"], codes=codes,
-                            scale=tensors[f"{name}.scale"].float(),
-                            zero=tensors[f"{name}.zero"].float(), **common)
-        set_module(skeleton, name, q)
-    prefixes = tuple(f"{n}." for n in manifest["layers"])
-    rest = {k: v for k, v in tensors.items() if not k.startswith(prefixes)}
-    dtype = next(skeleton.parameters()).dtype
-    rest = {k: v.to(dtype) if v.is_floating_point() else v for k, v in rest.items()}
-    missing, unexpected = skeleton.load_state_dict(rest, strict=False)
+    with safe_open(str(weights), framework="pt", device=str(device)) as stored:
+        keys = set(stored.keys())
+
+        def read(key: str) -> torch.Tensor:
+            t = stored.get_tensor(key)
+            want = torch.uint8 if key.endswith(".qweight") else floats
+            if (t.is_floating_point() or key.endswith(".qweight")) and t.dtype != want:
+                raise ArtifactError(f"{weights}: {key} is {t.dtype}, the format stores {want}; "
+                                    "the artifact is corrupt, re-create it")
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ArtifactError(f"{weights}: {key} holds NaN or Inf values; the artifact "
+                                    "is corrupt, re-create it")
+            return t
+
+        for name, layout in manifest["layers"].items():
+            linear = modules.get(name)
+            if not isinstance(linear, nn.Linear) or (linear.out_features, linear.in_features) != (
+                    layout["out_features"], layout["in_features"]):
+                raise ArtifactError(f"artifact layer {name} does not match the transformer "
+                                    f"({type(linear).__name__}); wrong model for this artifact?")
+            prefix = f"{name}."
+            own = {k[len(prefix):]: read(k) for k in keys if k.startswith(prefix)}
+            bits = policy.layers[name].activation_bits
+            try:
+                q = QuantLinear.from_state(layout, own, bits[0] if len(set(bits)) == 1 else bits,
+                                           dtype=floats)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ArtifactError(f"{weights}: layer {name}: {exc}; the artifact is corrupt, "
+                                    "re-create it") from None
+            set_module(skeleton, name, q)
+        prefixes = tuple(f"{n}." for n in manifest["layers"])
+        keep = _float32_modules(skeleton)
+        rest = {}
+        for key in sorted(keys):
+            if not key.startswith(prefixes):
+                t = read(key)
+                if t.is_floating_point():
+                    t = t.to(torch.float32 if key.startswith(keep) else dtype)
+                rest[key] = t
+    try:
+        missing, unexpected = skeleton.load_state_dict(rest, strict=False, assign=True)
+    except RuntimeError as exc:  # a shape that does not fit
+        raise ArtifactError(f"artifact tensors do not match the transformer "
+                            f"({str(exc).strip().splitlines()[-1].strip()})") from None
     missing = [k for k in missing if not k.startswith(prefixes)]
     if missing or unexpected:
         raise ArtifactError(f"artifact tensors do not match the transformer (missing "
                             f"{missing[:3]}, unexpected {unexpected[:3]})")
+    skeleton.to(device)  # buffers built at construction
     return skeleton.eval().requires_grad_(False), policy
 
 
-def _check_dtypes(tensors: dict[str, torch.Tensor], manifest: dict[str, Any], path: Path) -> None:
-    """Every stored tensor in the dtype the format gives it: packed codes in uint8, floats in the
-    manifest's storage dtype (FP16 before it was recorded)."""
-    floats = getattr(torch, manifest.get("storage_dtype", "float16"), None)
+def _float32_modules(model: nn.Module) -> tuple[str, ...]:
+    """Prefixes of the modules a diffusers class keeps in float32 (``_keep_in_fp32_modules``)."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    return tuple(f"{n}." for n, _ in model.named_modules() if any(k in n.split(".") for k in keep))
+
+
+def _storage_of(manifest: dict[str, Any], path: Path) -> torch.dtype:
+    """The float dtype of an artifact's tensors (FP16 before the manifest recorded it)."""
+    floats = getattr(torch, str(manifest.get("storage_dtype", "float16")), None)
     if floats not in (torch.float16, torch.bfloat16):
         raise ArtifactError(f"{path}/manifest.json: unknown storage dtype "
                             f"{manifest.get('storage_dtype')!r}")
-    for key, t in tensors.items():
-        want = torch.uint8 if key.endswith(".qweight") else floats
-        if t.is_floating_point() or key.endswith(".qweight"):
-            if t.dtype != want:
-                raise ArtifactError(f"{path}/model.safetensors: {key} is {t.dtype}, the format "
-                                    f"stores {want}; the artifact is corrupt, re-create it")
+    return floats
 
 
 def model_bytes(model: nn.Module) -> int:
-    """Bytes of the transformer's weights as stored: packed codes, FP16 for everything else."""
-    total = 0
-    quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
-    for q in quantized.values():
-        if q.weight_bits == FULL_PRECISION:
-            total += q.weight.numel() * 2
-        else:
-            total += (q.codes.numel() * q.weight_bits + 7) // 8
-            total += (q.scale.numel() + q.zero.numel()) * 2
-        total += sum(getattr(q, k).numel() * 2 for k in _OPTIONAL if getattr(q, k) is not None)
-    prefixes = tuple(f"{n}." for n in quantized)
-    for key, value in model.state_dict().items():
-        if not key.startswith(prefixes):
-            total += value.numel() * (2 if value.is_floating_point() else value.element_size())
-    return total
+    """Bytes of the transformer's weights as stored: packed codes, 16 bits for every float."""
+    return sum(t.numel() * (2 if t.is_floating_point() else t.element_size())
+               for t in model.state_dict().values())

@@ -27,7 +27,7 @@ from adatsq.io import round_to_storage_
 from adatsq.methods import get_method
 from adatsq.models.pipelines import check_transformer, load_diffusers_pipeline
 from adatsq.policy import LayerPolicy, Policy
-from adatsq.quant.qlinear import QuantLinear, StepTracker, set_module
+from adatsq.quant.qlinear import QuantLinear, StepTracker, cache_weights_, set_module
 from adatsq.zoo import registry
 from adatsq.zoo.pipeline import DigitPipeline
 
@@ -134,11 +134,13 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
             group_stats = stats_of(group, i)
             stats.absorb(group_stats)
         for name in group:
-            # replaced only at the end: later groups are captured on the full-precision model
             quantized[name] = method.quantize_layer(name, layers[name], group_stats, tracker)
+            if len(groups) == 1:  # in place at once: one copy of the weights at a time
+                set_module(model, name, quantized[name])
+                layers[name] = None
             bar.update()
     bar.close()
-    for name, q in quantized.items():
+    for name, q in quantized.items():  # later groups were captured on the 16-bit model
         set_module(model, name, q)
     tracker = attach_tracker(model, adapter, tracker.schedule)
     round_to_storage_(model)
@@ -151,7 +153,11 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
                              for n, q in quantized.items()},
                      recipe=recipe.to_dict())
     t1 = time.time()
-    policy = method.finalize(pipeline, stats, tracker, quantized, nominal)
+    cache_weights_(model)  # a search samples many times with the same weights
+    try:
+        policy = method.finalize(pipeline, stats, tracker, quantized, nominal)
+    finally:
+        cache_weights_(model, on=False)
     phases["finalize"] = time.time() - t1
     phases.update(getattr(method, "phases", {}))
     policy = replace(policy, settings={"granularity": method.granularity(),
@@ -215,12 +221,20 @@ def load(path: str | Path, **settings):
             check_transformer(manifest["model"], manifest["model_class"], manifest["config"])
         except ValueError as exc:
             raise io.ArtifactError(f"{path}: {exc}; wrong model for this artifact?") from None
-    try:
-        cls = getattr(diffusers, manifest["model_class"])
-        skeleton = cls(**manifest["config"])
-    except (AttributeError, KeyError, TypeError) as exc:
-        raise io.ArtifactError(f"{path}: cannot rebuild the transformer ({exc})") from None
-    transformer, policy = io.load_quantized(skeleton, path)
+    cls = getattr(diffusers, manifest["model_class"], None)
+    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
+        raise io.ArtifactError(f"{path}: {manifest['model_class']!r} is not a diffusers model "
+                               "class; the manifest is corrupt, re-create the artifact")
+
+    def build() -> nn.Module:
+        try:
+            return cls(**manifest["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise io.ArtifactError(f"{path}: cannot rebuild the transformer ({exc})") from None
+
+    cuda = entry is None and torch.cuda.is_available()
+    transformer, policy = io.load_quantized(build, path, torch.bfloat16 if cuda else torch.float32,
+                                            "cuda" if cuda else "cpu")
     if entry is not None:
         pipe = DigitPipeline(entry, transformer, task_for(entry))
     else:

@@ -225,7 +225,8 @@ def test_lowrank_variant_is_exact_before_quantization_and_saves(calibrated, tmp_
         assert q.lowrank_down.shape == (proportional_rank(*linear.weight.shape),
                                         linear.in_features)
         x = torch.randn(2, 5, linear.in_features)
-        assert (q(x) - linear(x)).abs().max() <= 1e-4 * linear(x).abs().max()
+        # exact up to the layer's FP16 storage (a wrong split errs by O(1))
+        assert (q(x) - linear(x)).abs().max() <= 2e-3 * linear(x).abs().max()
     quantized = fresh_copy(pipe)
     recipe = Recipe(method="adatsq", weights=WeightSpec(bits=4), activations=ActivationSpec(
         bits=4), options={**SMALL, "lowrank": True})

@@ -26,7 +26,8 @@ def test_every_baseline_is_registered():
 
 @pytest.mark.parametrize("method", BASELINES)
 def test_transforms_are_exact_before_quantization(calibrated, method):
-    """At W16A16 the method's layer (smoothing, rotation, low-rank split) equals the original."""
+    """At W16A16 the method's layer (smoothing, rotation, low-rank split) equals the original
+    (to FP16 storage)."""
     pipe, stats = calibrated
     recipe = Recipe(method=method, weights=WeightSpec(bits=16), activations=ActivationSpec(bits=16))
     m = get_method(method)(recipe)
@@ -40,7 +41,8 @@ def test_transforms_are_exact_before_quantization(calibrated, method):
         xin = torch.randn(3, 7, linear.in_features) * 5
         want = linear(xin)
         got = q(xin)
-        assert (got - want).abs().max() <= 1e-4 * want.abs().max(), (method, name)
+        # exact up to the layer's FP16 storage (a wrong transform errs by O(1))
+        assert (got - want).abs().max() <= 2e-3 * want.abs().max(), (method, name)
 
 
 def test_svdquant_branch_plus_residual_reconstructs(calibrated):
@@ -89,8 +91,9 @@ def test_gptq_beats_rtn_on_every_layer_of_a_real_calibration(calibrated, bits):
         H = stats.hessian_sum(name)
         W = linear.weight.detach().float()
         q_gptq = gptq.quantize_layer(name, linear, stats, tracker)
-        e_gptq = float(hessian_error(W, q_gptq.weight, H))
-        e_rtn = float(hessian_error(W, rtn.quantize_layer(name, linear, stats, tracker).weight, H))
+        e_gptq = float(hessian_error(W, q_gptq.dequantized_weight(), H))
+        e_rtn = float(hessian_error(W, rtn.quantize_layer(name, linear, stats,
+                                                         tracker).dequantized_weight(), H))
         assert e_gptq < e_rtn, (name, e_gptq, e_rtn)
 
 

@@ -3,12 +3,17 @@ import torch
 from torch import nn
 
 from adatsq.config import WeightSpec
-from adatsq.quant.qlinear import ActivationQuant, QuantLinear, StepTracker
+from adatsq.quant.qlinear import ActivationQuant, QuantLinear, StepTracker, cache_weights_
 
 
 def _linear():
+    """A linear layer whose weights FP16 holds exactly (the storage of a quantized layer)."""
     torch.manual_seed(0)
-    return nn.Linear(32, 16)
+    lin = nn.Linear(32, 16)
+    with torch.no_grad():
+        for p in lin.parameters():
+            p.copy_(p.half().float())
+    return lin
 
 
 def test_full_precision_is_exact():
@@ -76,3 +81,51 @@ def test_tracker_hook_reads_the_timestep_until_removed():
     handle.remove()
     w(torch.zeros(1), timestep=torch.tensor([0.45]))
     assert tracker.index == 0  # detached
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_weights_stay_packed_and_the_state_is_what_is_stored(bits):
+    """A W4 layer holds two codes per byte (W3: 3 bits each) and 16-bit scales, nothing else of
+    the weight's size; from_state(layout, state_dict) rebuilds it exactly."""
+    lin = _linear()
+    q = QuantLinear.from_linear(lin, WeightSpec(bits=bits, group_size=16), ActivationQuant(8),
+                                None)
+    state = q.state_dict()
+    assert set(state) == {"qweight", "scale", "zero", "bias"}
+    assert state["qweight"].dtype == torch.uint8
+    assert state["qweight"].numel() == 16 * 32 * bits // 8
+    assert state["scale"].dtype == state["bias"].dtype == torch.float16
+    again = QuantLinear.from_state(q.layout(), state, 8)
+    x = torch.randn(3, 32)
+    assert torch.equal(again(x), q(x))
+    four = state["scale"].repeat(1, 2)  # (16, 4): groups of 8, not the layout's 16
+    with pytest.raises(ValueError, match=r"scale of shape \(16, 4\)"):
+        QuantLinear.from_state(q.layout(), {**state, "scale": four}, 8)
+    with pytest.raises(ValueError, match="tensor zero is missing"):
+        QuantLinear.from_state(q.layout(), {k: v for k, v in state.items() if k != "zero"}, 8)
+
+
+def test_dtype_casts_keep_the_stored_floats_and_compute_follows_the_input():
+    lin = _linear()
+    q = QuantLinear.from_linear(lin, WeightSpec(bits=4), ActivationQuant(16), None)
+    scale = q.scale.clone()
+    model = nn.Sequential(q).to(torch.bfloat16)
+    assert torch.equal(q.scale, scale) and q.scale.dtype == torch.float16
+    x = torch.randn(2, 32)
+    y = model(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), q(x), rtol=0.05, atol=0.05)
+    model.float()
+    assert q.scale.dtype == torch.float16
+
+
+def test_the_weight_cache_is_optional_and_exact():
+    lin = _linear()
+    q = QuantLinear.from_linear(lin, WeightSpec(bits=4), ActivationQuant(4), None)
+    x = torch.randn(2, 32)
+    plain = q(x)
+    assert q._cached is None  # off by default: nothing of the weight's size is kept
+    cache_weights_(q)
+    assert torch.equal(q(x), plain) and q._cached is not None
+    cache_weights_(q, on=False)
+    assert q._cached is None and torch.equal(q(x), plain)

@@ -162,23 +162,34 @@ def quantize_activation(x: torch.Tensor, bits: int, granularity: str = "token",
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Packs integer codes in ``[0, 2^bits)`` densely into uint8 (``ceil(n * bits / 8)`` bytes)."""
+    """Packs integer codes in ``[0, 2^bits)`` densely into uint8 (``ceil(n * bits / 8)`` bytes).
+
+    Code ``i`` occupies bits ``[i * bits, (i + 1) * bits)`` of the little-endian byte stream, so
+    every 8 codes fill ``bits`` whole bytes (two 4-bit codes per byte). On the codes' device.
+    """
     check_bits(bits)
-    flat = codes.reshape(-1).to(torch.int64).numpy().astype(np.uint8)
-    if flat.size and int(flat.max()) >= 2**bits:
+    flat = codes.reshape(-1)
+    n = flat.numel()
+    if n and (int(flat.min()) < 0 or int(flat.max()) >= 2**bits):
         raise ValueError(f"code {int(flat.max())} does not fit in {bits} bits")
-    planes = np.unpackbits(flat[:, None], axis=1, bitorder="little")[:, :bits]  # (n, bits)
-    return torch.from_numpy(np.packbits(planes.reshape(-1), bitorder="little"))
+    groups = torch.zeros((n + 7) // 8 * 8, dtype=torch.int64, device=flat.device)
+    groups[:n] = flat.to(torch.int64)
+    shifts = torch.arange(8, device=flat.device) * bits
+    words = (groups.view(-1, 8) << shifts).sum(1)  # 8 codes -> one (8 * bits)-bit word
+    data = (words[:, None] >> (torch.arange(bits, device=flat.device) * 8)) & 0xFF
+    return data.to(torch.uint8).reshape(-1)[: (n * bits + 7) // 8]
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of :func:`pack_codes`: uint8 codes of ``shape``."""
+    """Inverse of :func:`pack_codes`: uint8 codes of ``shape``, on the packed tensor's device."""
     n = int(np.prod(shape))
     need = (n * bits + 7) // 8
     if packed.numel() != need:
         raise ValueError(f"packed buffer has {packed.numel()} bytes, {need} expected for "
                          f"{n} codes of {bits} bits")
-    stream = np.unpackbits(packed.numpy().astype(np.uint8), bitorder="little")[: n * bits]
-    planes = np.zeros((n, 8), np.uint8)
-    planes[:, :bits] = stream.reshape(n, bits)
-    return torch.from_numpy(np.packbits(planes, axis=1, bitorder="little").reshape(shape))
+    device = packed.device
+    data = torch.zeros((n + 7) // 8 * bits, dtype=torch.int64, device=device)
+    data[:need] = packed.reshape(-1).to(torch.int64)
+    words = (data.view(-1, bits) << (torch.arange(bits, device=device) * 8)).sum(1)
+    codes = (words[:, None] >> (torch.arange(8, device=device) * bits)) & (2**bits - 1)
+    return codes.to(torch.uint8).reshape(-1)[:n].reshape(shape)

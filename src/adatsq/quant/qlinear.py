@@ -14,6 +14,7 @@ any sampling loop, including diffusers' own pipelines.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +23,9 @@ from adatsq.quant.primitives import (
     FULL_PRECISION,
     WeightQuantizer,
     dequantize,
+    pack_codes,
     quantize_activation,
+    unpack_codes,
 )
 from adatsq.quant.rotation import rotate
 
@@ -113,52 +116,90 @@ class ActivationQuant:
         return self.bits[min(index, len(self.bits) - 1)]
 
 
+def storage_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The 16-bit dtype a quantized layer of a ``dtype`` model holds its floats in: bfloat16 for a
+    bfloat16 model (Flux and Wan ship in bf16; FP16 overflows past 65504), else float16."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
+
+
+OPTIONAL_TENSORS = ("bias", "smooth", "rotation_signs", "lowrank_down", "lowrank_up")
+"""Tensors a quantized layer holds only when its method uses them."""
+
+
 class QuantLinear(nn.Module):
     """Fake-quantized replacement of an ``nn.Linear`` (see the module docstring).
 
-    Weights are held as integer codes with per-group scales and zero points (so they can be packed
-    exactly) or, for 16-bit weights, as a float matrix.
+    Its state is what an artifact stores, and nothing more: b-bit weight codes packed densely into
+    bytes (``qweight``: two 4-bit codes per byte, 3-bit codes across bytes) with per-group
+    ``scale`` and ``zero`` (or, for 16-bit weights, the ``weight`` matrix), and the optional
+    ``bias``, smoothing factors, rotation signs and low-rank branch, every float in one 16-bit
+    dtype (:func:`storage_dtype`). The weight is dequantized to the input's dtype at each call
+    (``cache=True`` keeps it, trading memory for speed). :meth:`layout` and :meth:`from_state`
+    describe and rebuild a layer exactly, so saving and loading are bit-exact.
     """
 
     def __init__(self, in_features: int, out_features: int, *, weight_bits: int,
-                 codes: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-                 zero: torch.Tensor | None = None, weight: torch.Tensor | None = None,
-                 bias: torch.Tensor | None = None, activation: ActivationQuant = ActivationQuant(),
+                 codes: torch.Tensor | None = None, qweight: torch.Tensor | None = None,
+                 scale: torch.Tensor | None = None, zero: torch.Tensor | None = None,
+                 weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                 activation: ActivationQuant = ActivationQuant(),
                  tracker: StepTracker | None = None, smooth: torch.Tensor | None = None,
                  rotate_input: bool = False, rotation_signs: torch.Tensor | None = None,
-                 lowrank: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 dtype: torch.dtype = torch.float16, cache: bool = False):
         super().__init__()
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"a QuantLinear stores floats in float16 or bfloat16, not {dtype}")
         self.in_features, self.out_features = in_features, out_features
         self.weight_bits = weight_bits
         self.activation = activation
         self.tracker = tracker
         self.rotate_input = rotate_input
+        self.cache = cache
+        self.storage_dtype = dtype
+        self._cached: torch.Tensor | None = None
+
+        def own(t: torch.Tensor | None, shape: tuple[int, ...], what: str) -> torch.Tensor | None:
+            if t is None:
+                return None
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{what} of shape {tuple(t.shape)} does not match the layer "
+                                 f"({in_features} -> {out_features}): {shape} expected")
+            return _own(t.to(dtype) if t.is_floating_point() else t)
+
         if weight_bits == FULL_PRECISION:
             if weight is None:
                 raise ValueError("a 16-bit QuantLinear needs its float weight")
-            self.register_buffer("weight", _own(weight))
+            self.register_buffer("weight", own(weight, (out_features, in_features), "weight"))
         else:
-            if codes is None or scale is None or zero is None:
-                raise ValueError("a quantized QuantLinear needs codes, scale and zero")
-            if codes.shape != (out_features, in_features):
-                raise ValueError(f"codes of shape {tuple(codes.shape)} do not match the layer "
-                                 f"({out_features}, {in_features})")
-            self.register_buffer("codes", codes.to(torch.uint8))
-            self.register_buffer("scale", scale.to(torch.float32))
-            self.register_buffer("zero", zero.to(torch.float32))
-            self.register_buffer("weight", torch.empty(0), persistent=False)
-            self.refresh_weight()
-        self.register_buffer("bias", None if bias is None else _own(bias))
-        self.register_buffer("smooth", None if smooth is None else _own(smooth))
-        if rotation_signs is not None and (not rotate_input or rotation_signs.shape != (
-                in_features,)):
-            raise ValueError(f"rotation signs of shape {tuple(rotation_signs.shape)} need "
-                             f"rotate_input and shape ({in_features},)")
+            if (codes is None) == (qweight is None) or scale is None or zero is None:
+                raise ValueError("a quantized QuantLinear needs codes (or packed qweight), "
+                                 "scale and zero")
+            if codes is not None:
+                own(codes, (out_features, in_features), "codes")
+                qweight = pack_codes(codes, weight_bits)
+            n = (out_features * in_features * weight_bits + 7) // 8
+            if qweight.dtype != torch.uint8:
+                raise ValueError(f"packed codes must be uint8, not {qweight.dtype}")
+            self.register_buffer("qweight", own(qweight.reshape(-1), (n,), "packed codes"))
+            groups = scale.shape[1] if scale.dim() == 2 and scale.shape[1] else 0
+            if not groups or in_features % groups:
+                raise ValueError(f"scale of shape {tuple(scale.shape)} does not split "
+                                 f"{in_features} input channels into groups")
+            self.register_buffer("scale", own(scale, (out_features, groups), "scale"))
+            self.register_buffer("zero", own(zero, (out_features, groups), "zero"))
+        self.register_buffer("bias", own(bias, (out_features,), "bias"))
+        self.register_buffer("smooth", own(smooth, (in_features,), "smooth"))
+        if rotation_signs is not None and not rotate_input:
+            raise ValueError("rotation signs need rotate_input")
         self.register_buffer("rotation_signs",
-                             None if rotation_signs is None else _own(rotation_signs))
-        down, up = (None, None) if lowrank is None else (_own(t) for t in lowrank)
-        self.register_buffer("lowrank_down", down)
-        self.register_buffer("lowrank_up", up)
+                             own(rotation_signs, (in_features,), "rotation signs"))
+        if lowrank is not None:
+            rank = lowrank[0].shape[0]
+            lowrank = (own(lowrank[0], (rank, in_features), "low-rank down"),
+                       own(lowrank[1], (out_features, rank), "low-rank up"))
+        self.register_buffer("lowrank_down", None if lowrank is None else lowrank[0])
+        self.register_buffer("lowrank_up", None if lowrank is None else lowrank[1])
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, weights, activation: ActivationQuant,
@@ -169,7 +210,7 @@ class QuantLinear(nn.Module):
 
         Round-to-nearest on ``weight`` (default: the layer's own; pass the transformed weight when
         ``transforms`` such as ``smooth`` or ``rotate_input`` are given) unless a solver supplies
-        ``codes``, ``scale`` and ``zero``.
+        ``codes``, ``scale`` and ``zero``. Floats are held in the 16-bit dtype of the linear's.
         """
         W = (linear.weight if weight is None else weight).detach().float()  # (out, in)
         if weights.bits != FULL_PRECISION and codes is None:
@@ -178,12 +219,53 @@ class QuantLinear(nn.Module):
             codes = quantizer.codes(W, scale, zero)
         return cls(linear.in_features, linear.out_features, weight_bits=weights.bits, codes=codes,
                    scale=scale, zero=zero, weight=W if weights.bits == FULL_PRECISION else None,
-                   bias=linear.bias, activation=activation, tracker=tracker, **transforms)
+                   bias=linear.bias, activation=activation, tracker=tracker,
+                   dtype=storage_dtype(linear.weight.dtype), **transforms)
 
-    def refresh_weight(self) -> None:
-        """Recomputes the dequantized weight from codes, scale and zero."""
-        group = self.in_features // self.scale.shape[1]
-        self.weight = dequantize(self.codes.float(), self.scale, self.zero, group)
+    # -- state ------------------------------------------------------------------------------
+
+    def layout(self) -> dict[str, Any]:
+        """What, besides its tensors, rebuilds this layer (JSON; an artifact's quantization map)."""
+        a = self.activation
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "weight_bits": self.weight_bits, "group_size": self.group_size,
+                "rotate_input": self.rotate_input,
+                "activation": {"granularity": a.granularity, "symmetric": a.symmetric,
+                               "group_size": a.group_size},
+                "tensors": [k for k in OPTIONAL_TENSORS if getattr(self, k) is not None]}
+
+    @classmethod
+    def from_state(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor],
+                   activation_bits: int | tuple[int, ...],
+                   dtype: torch.dtype = torch.float16) -> QuantLinear:
+        """The layer :meth:`layout` and ``state_dict()`` describe, with ``activation_bits`` (the
+        policy's). Raises ``ValueError`` naming a missing tensor or a shape that does not fit."""
+        need = (["weight"] if layout["weight_bits"] == FULL_PRECISION else
+                ["qweight", "scale", "zero"]) + list(layout["tensors"])
+        missing = [k for k in need if k not in tensors]
+        if missing:
+            raise ValueError(f"tensor {missing[0]} is missing")
+        extra = {k: tensors[k] for k in need}
+        if layout["weight_bits"] != FULL_PRECISION:
+            shape = (layout["out_features"], layout["in_features"] // layout["group_size"])
+            for key in ("scale", "zero"):
+                if tuple(extra[key].shape) != shape:
+                    raise ValueError(f"{key} of shape {tuple(extra[key].shape)} does not match "
+                                     f"the layout: {shape} expected")
+        lowrank = None
+        if "lowrank_down" in extra:
+            lowrank = (extra.pop("lowrank_down"), extra.pop("lowrank_up"))
+        a = layout["activation"]
+        activation = ActivationQuant(activation_bits, a["granularity"], a["symmetric"],
+                                     a["group_size"])
+        return cls(layout["in_features"], layout["out_features"],
+                   weight_bits=layout["weight_bits"], activation=activation,
+                   rotate_input=layout["rotate_input"], lowrank=lowrank, dtype=dtype, **extra)
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """The weight codes (out, in), unpacked."""
+        return unpack_codes(self.qweight, self.weight_bits, (self.out_features, self.in_features))
 
     @property
     def group_size(self) -> int | None:
@@ -191,10 +273,35 @@ class QuantLinear(nn.Module):
             return None
         return self.in_features // self.scale.shape[1]
 
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight (out, in) the layer multiplies by, in ``dtype`` (computed in float32)."""
+        if self.weight_bits == FULL_PRECISION:
+            return self.weight.to(dtype)
+        if self._cached is not None and self._cached.dtype == dtype:
+            return self._cached
+        W = dequantize(self.codes.float(), self.scale.float(), self.zero.float(),
+                       self.group_size).to(dtype)
+        if self.cache:
+            self._cached = W
+        return W
+
+    def _apply(self, fn, recurse=True):
+        """Moves follow ``model.to(device)``; dtype casts do not touch the stored floats (they
+        define the quantized layer; the compute dtype follows the input)."""
+        self._cached = None
+        anchor = self.weight if self.weight_bits == FULL_PRECISION else self.qweight
+        device = fn(torch.zeros(1, dtype=self.storage_dtype, device=anchor.device)).device
+        for name, buf in self._buffers.items():
+            if buf is not None:
+                self._buffers[name] = buf.to(device)
+        return self
+
+    # -- compute ----------------------------------------------------------------------------
+
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
         """The input transform T(x) the stored weight expects."""
         if self.smooth is not None:
-            x = x / self.smooth
+            x = x / self.smooth.to(x.dtype)
         if self.rotate_input:
             x = rotate(x, None if self.rotation_signs is None else self.rotation_signs.to(x.dtype))
         return x
@@ -211,8 +318,8 @@ class QuantLinear(nn.Module):
         bits = self.current_bits()
         xq = quantize_activation(x, bits, self.activation.granularity, self.activation.symmetric,
                                  self.activation.group_size)
-        y = nn.functional.linear(xq, self.weight.to(x.dtype), None if self.bias is None else
-                                 self.bias.to(x.dtype))
+        y = nn.functional.linear(xq, self.dequantized_weight(x.dtype),
+                                 None if self.bias is None else self.bias.to(x.dtype))
         if self.lowrank_down is not None:
             y = y + (x @ self.lowrank_down.T.to(x.dtype)) @ self.lowrank_up.T.to(x.dtype)
         return y
@@ -225,6 +332,15 @@ class QuantLinear(nn.Module):
                 f"{' (randomized)' if self.rotation_signs is not None else ''}, "
                 f"smooth={self.smooth is not None}, lowrank={self.lowrank_down is not None}")
 
+
+def cache_weights_(model: nn.Module, on: bool = True) -> nn.Module:
+    """Turns the dequantized-weight cache of every quantized layer of ``model`` on (faster
+    sampling, about 4 bytes more per weight) or off (the cache is freed)."""
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.cache = on
+            m._cached = None
+    return model
 
 
 def weight_quantizer(spec) -> WeightQuantizer:
