@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS ?= flux-digits flux-digits-schnell zimage-digits wan-digits
 
-.PHONY: demo test test-unit bench bench-ma lint clean
+.PHONY: demo test test-unit bench bench-ma bench-memory gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,12 @@ test-unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_bench.py --models "$(MODELS)" --out runs/bench
+
+bench-memory: $(STAMP)
+	$(BIN)/python benchmarks/bench_memory.py --out runs/memory
+
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 bench-ma: $(STAMP)
 	$(BIN)/python benchmarks/run_bench_ma.py --out runs/bench-ma

@@ -480,6 +480,51 @@ def cost_section() -> list[str]:
     return out + [""] if found else []
 
 
+def memory_section() -> list[str]:
+    res = _load(ROOT / "benchmarks" / "results" / "memory.json")
+    out = ["## Memory at Flux-Dev's width (paper Table 4)", "",
+           "Command: `python benchmarks/bench_memory.py` (a random-weight "
+           "`FluxTransformer2DModel` of Flux-Dev's width, 3072 = 24 heads x 128, with a few "
+           "blocks, in bfloat16; every phase in a process of its own; peak resident memory, "
+           "`VmHWM`).", ""]
+    if res is None:
+        return out + ["(not run)", ""]
+    GB = 1e9
+    cfg, bf16, over = res["config"], res["bf16_bytes"], res["overhead_bytes"]
+    out += [f"Model: {cfg['num_layers']} double + {cfg['num_single_layers']} single blocks, "
+            f"{res['params'] / 1e9:.2f} B parameters, {bf16 / GB:.2f} GB in bf16. Fixed "
+            f"overhead (Python, torch, diffusers, the tiny encoders and VAE, sampling a tiny "
+            f"transformer): {over / GB:.2f} GB.", "",
+            "| phase | peak RSS GB | above overhead, × bf16 model | seconds |",
+            "|---|---|---|---|"]
+    names = {"fp_generate": "bf16 model: load + generate", "quantize": "quantize RTN W4A4 + save",
+             "quantize_w3": "quantize RTN W3A3 + save",
+             "quantize_adatsq": "quantize AdaTSQ W4A4 + save",
+             "load_w4": "load W4 artifact", "generate_w4": "load W4 artifact + generate"}
+    for key, label in names.items():
+        if key in res["peak_rss_bytes"]:
+            out.append(f"| {label} | {res['peak_rss_bytes'][key] / GB:.2f} | "
+                       f"{res['peak_over_overhead_per_bf16'][key]:.3f} | "
+                       f"{res['phases'][key]['seconds']:.0f} |")
+    out += ["", "| artifact | bytes GB | bf16 / artifact |", "|---|---|---|"]
+    for key, size in res["artifact_bytes"].items():
+        out.append(f"| {key} | {size / GB:.3f} | {res['bf16_over_artifact'][key]:.2f}× |")
+    dev = res["flux_dev"]
+    goal = res["goal"]
+    out += ["", f"Goal (load and generate with the W4 artifact below "
+            f"{goal['load_and_generate_w4_below']}× the bf16 model above the overhead; the W3 "
+            f"artifact at least {goal['w3_smaller_by_at_least']:g}× smaller): "
+            f"**{'met' if goal['met'] else 'not met'}**.", "",
+            f"Extrapolated to Flux-Dev ({dev['params'] / 1e9:.1f} B parameters, "
+            f"{dev['bf16_bytes'] / GB:.1f} GB in bf16; blocks scale with their count, the rest "
+            f"is fixed): W4 artifact {dev['artifact_bytes']['W4'] / GB:.1f} GB, W3 "
+            f"{dev['artifact_bytes']['W3'] / GB:.1f} GB; loading the W4 artifact needs "
+            f"{dev['load_w4_bytes_above_overhead'] / GB:.1f} GB and generating "
+            f"{dev['generate_w4_bytes_above_overhead'] / GB:.1f} GB above the overhead (plus "
+            "the real text encoders and VAE: T5-XXL alone is 9.5 GB in bf16).", ""]
+    return out
+
+
 def search_section() -> list[str]:
     res = _load(ROOT / "benchmarks" / "results" / "search.json")
     out = ["## Beam search against the exact optimum", "",
@@ -525,7 +570,8 @@ def main() -> int:
     for model in MODELS:
         sections += [table_section(model), outlier_section(BENCH / model)]
     sections += [massive_section(), demo_section(), sweeps_section(), rotation_section(),
-                 step_damage_section(), selection_section(), cost_section(), gptq_section(),
+                 step_damage_section(), selection_section(), cost_section(), memory_section(),
+                 gptq_section(),
                  search_section()]
     for section in sections:
         lines += section

@@ -330,3 +330,24 @@ def test_loading_builds_the_skeleton_without_its_weights():
     assert model.linear.weight.is_meta and model.linear.bias.is_meta
     assert torch.equal(model.table, torch.arange(4.0))
     assert not torch.nn.Linear(2, 2).weight.is_meta  # only inside
+
+
+def test_modulation_weights_are_quantized_weight_only_and_saved(calibrated, tmp_path,
+                                                                 monkeypatch):
+    """WeightSpec.modulation packs the adaLN linears too (activations 16 bits, outside the
+    policy): a smaller artifact that loads bit-exactly."""
+    from adatsq.quant.qlinear import WeightOnlyLinear
+
+    plain = fresh_copy(calibrated[0])
+    quantize_(plain, Recipe(method="rtn"), progress=False)
+    pipe = fresh_copy(calibrated[0])
+    modulation = set(pipe.adapter.modulation_layers(pipe.transformer))
+    policy = quantize_(pipe, Recipe(method="rtn", weights=WeightSpec(modulation=True)),
+                       progress=False)
+    assert modulation and not modulation & set(policy.layers)
+    assert all(isinstance(pipe.transformer.get_submodule(n), WeightOnlyLinear)
+               for n in modulation)
+    assert io.model_bytes(pipe.transformer) < 0.9 * io.model_bytes(plain.transformer)
+    _tiny_registry(monkeypatch, pipe)
+    loaded, _ = load(save(pipe, policy, tmp_path / "modulation"))
+    assert torch.equal(loaded.generate(PROMPTS[:2], seed=1), pipe.generate(PROMPTS[:2], seed=1))

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -142,6 +142,57 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+"""safetensors dtype names."""
+
+
+class _TensorFile:
+    """A safetensors file read one tensor at a time with plain reads into fresh tensors: no
+    memory map, so a loaded model is the only copy of the weights in memory."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < n <= self.size - 8:
+                raise ArtifactError(f"{path} is not a safetensors file; re-create the artifact")
+            try:
+                header = json.loads(fh.read(n))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ArtifactError(f"{path} has a corrupt header; re-create the "
+                                    "artifact") from None
+        header.pop("__metadata__", None)
+        self.start = 8 + n
+        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        for key, e in header.items():
+            try:
+                dtype, shape = _DTYPES[e["dtype"]], tuple(int(d) for d in e["shape"])
+                begin, end = (int(o) for o in e["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise ArtifactError(f"{path}: tensor {key} has a corrupt header entry; "
+                                    "re-create the artifact") from None
+            nbytes = math.prod(shape) * dtype.itemsize
+            if end - begin != nbytes or begin < 0 or self.start + end > self.size:
+                raise ArtifactError(f"{path}: tensor {key} lies outside the file or does not "
+                                    "fit its shape; re-create the artifact")
+            self.entries[key] = (dtype, shape, begin, end)
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def read(self, fh, key: str) -> torch.Tensor:
+        dtype, shape, begin, end = self.entries[key]
+        out = torch.empty(end - begin, dtype=torch.uint8)
+        fh.seek(self.start + begin)
+        if end > begin and fh.readinto(out.numpy()) != end - begin:
+            raise ArtifactError(f"{self.path} is truncated at {key}; re-create the artifact")
+        return out.view(dtype).reshape(shape)
+
+
 @contextmanager
 def empty_weights() -> Iterator[None]:
     """Modules built inside get their parameters on the meta device (no memory, no
@@ -185,19 +236,21 @@ def load_quantized(build: Callable[[], nn.Module], path: str | Path,
         policy = Policy.load(path / "policy.json")
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path}/policy.json: {exc}") from None
-    if set(policy.layers) != set(manifest["layers"]):
-        odd = sorted(set(policy.layers) ^ set(manifest["layers"]))
+    searched = {n for n, layout in manifest["layers"].items() if not layout.get("weight_only")}
+    if set(policy.layers) != searched:
+        odd = sorted(set(policy.layers) ^ searched)
         raise ArtifactError(f"{path}/policy.json and the manifest name different layers (e.g. "
                             f"{odd[0]}); the artifact is corrupt, re-create it")
     floats = _storage_of(manifest, path)
     with empty_weights():
         skeleton = build()
     modules = dict(skeleton.named_modules())
-    with safe_open(str(weights), framework="pt", device=str(device)) as stored:
-        keys = set(stored.keys())
+    stored = _TensorFile(weights)
+    keys = set(stored.keys())
+    with open(weights, "rb") as fh:
 
         def read(key: str) -> torch.Tensor:
-            t = stored.get_tensor(key)
+            t = stored.read(fh, key).to(device)
             want = torch.uint8 if key.endswith(".qweight") else floats
             if (t.is_floating_point() or key.endswith(".qweight")) and t.dtype != want:
                 raise ArtifactError(f"{weights}: {key} is {t.dtype}, the format stores {want}; "
@@ -215,7 +268,7 @@ def load_quantized(build: Callable[[], nn.Module], path: str | Path,
                                     f"({type(linear).__name__}); wrong model for this artifact?")
             prefix = f"{name}."
             own = {k[len(prefix):]: read(k) for k in keys if k.startswith(prefix)}
-            bits = policy.layers[name].activation_bits
+            bits = policy.layers[name].activation_bits if name in policy.layers else (16,)
             try:
                 q = QuantLinear.from_state(layout, own, bits[0] if len(set(bits)) == 1 else bits,
                                            dtype=floats)

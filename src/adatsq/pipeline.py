@@ -27,7 +27,14 @@ from adatsq.io import round_to_storage_
 from adatsq.methods import get_method
 from adatsq.models.pipelines import check_transformer, load_diffusers_pipeline
 from adatsq.policy import LayerPolicy, Policy
-from adatsq.quant.qlinear import QuantLinear, StepTracker, cache_weights_, set_module
+from adatsq.quant.qlinear import (
+    ActivationQuant,
+    QuantLinear,
+    StepTracker,
+    WeightOnlyLinear,
+    cache_weights_,
+    set_module,
+)
 from adatsq.zoo import registry
 from adatsq.zoo.pipeline import DigitPipeline
 
@@ -142,6 +149,10 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
     bar.close()
     for name, q in quantized.items():  # later groups were captured on the 16-bit model
         set_module(model, name, q)
+    if recipe.weights.modulation:
+        for name, linear in adapter.modulation_layers(model).items():
+            set_module(model, name, WeightOnlyLinear.from_linear(linear, recipe.weights,
+                                                                 ActivationQuant(), None))
     tracker = attach_tracker(model, adapter, tracker.schedule)
     round_to_storage_(model)
     phases["layers"] = time.time() - t1
@@ -204,7 +215,10 @@ def load(path: str | Path, **settings):
     """``(pipeline, policy)`` of the artifact at ``path``: a pipeline whose transformer is the
     quantized model, as :func:`save` wrote it.
 
-    A diffusers pipeline samples as it did when quantized unless ``settings`` say otherwise.
+    A diffusers pipeline samples as it did when quantized unless ``settings`` say otherwise
+    (see :func:`adatsq.models.pipelines.load_diffusers_pipeline`; ``dtype`` also sets the dtype
+    of the transformer's 16-bit rest). The full-precision transformer is never built: memory
+    stays near the artifact's size (:func:`adatsq.io.load_quantized`).
     """
     manifest = io.read_manifest(path)
     entry = registry.get(manifest["model"]) if registry.is_zoo_name(manifest["model"]) else None
@@ -233,8 +247,8 @@ def load(path: str | Path, **settings):
             raise io.ArtifactError(f"{path}: cannot rebuild the transformer ({exc})") from None
 
     cuda = entry is None and torch.cuda.is_available()
-    transformer, policy = io.load_quantized(build, path, torch.bfloat16 if cuda else torch.float32,
-                                            "cuda" if cuda else "cpu")
+    dtype = settings.get("dtype") or (torch.bfloat16 if cuda else torch.float32)
+    transformer, policy = io.load_quantized(build, path, dtype, "cuda" if cuda else "cpu")
     if entry is not None:
         pipe = DigitPipeline(entry, transformer, task_for(entry))
     else:

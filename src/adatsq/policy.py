@@ -92,8 +92,8 @@ class Policy:
                 (names, weight bits) or the schedule the model follows has another length.
         """
         modules = dict(model.named_modules())
-        unlisted = [n for n, m in modules.items() if isinstance(m, QuantLinear)
-                    and n not in self.layers]
+        unlisted = [n for n, m in modules.items() if type(m) is QuantLinear
+                    and n not in self.layers]  # weight-only layers have no activation bits
         if unlisted:
             raise ValueError(f"quantized layer {unlisted[0]!r} is not in the policy "
                              f"({len(unlisted)} such layers); a policy of another model?")

@@ -40,8 +40,9 @@ def word_tokenizer(max_length: int, chat_template: str | None = None) -> PreTrai
                                    chat_template=chat_template)
 
 
-def tiny_flux(guidance_embeds: bool = False):
-    """FluxPipeline: CLIP (pooled) + T5 text encoders, a 2x VAE with 4 latent channels."""
+def tiny_flux(guidance_embeds: bool = False, transformer=None):
+    """FluxPipeline: CLIP (pooled) + T5 text encoders, a 2x VAE with 4 latent channels, and a
+    tiny transformer unless one (with ``in_channels=16``, text widths 32) is given."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -62,11 +63,12 @@ def tiny_flux(guidance_embeds: bool = False):
                         norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, use_quant_conv=False,
                         use_post_quant_conv=False, scaling_factor=1.5, shift_factor=0.1)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1,
-                                         num_single_layers=1, attention_head_dim=16,
-                                         num_attention_heads=2, joint_attention_dim=32,
-                                         pooled_projection_dim=32, axes_dims_rope=(4, 6, 6),
-                                         guidance_embeds=guidance_embeds)
+    if transformer is None:
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1,
+                                             num_single_layers=1, attention_head_dim=16,
+                                             num_attention_heads=2, joint_attention_dim=32,
+                                             pooled_projection_dim=32, axes_dims_rope=(4, 6, 6),
+                                             guidance_embeds=guidance_embeds)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
     return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip,
                         tokenizer=word_tokenizer(77), text_encoder_2=t5,

@@ -55,13 +55,13 @@ class Adapter(ABC):
 
     name: ClassVar[str]
     model_classes: ClassVar[tuple[str, ...]]
-    #: layer-name suffixes kept in full precision (timestep modulation: one row per sample, cheap).
+    #: layer-name suffixes of the timestep modulation (one row per sample, cheap to run): no
+    #: activation quantization; their weights only with ``WeightSpec.modulation``.
     skip_suffixes: ClassVar[tuple[str, ...]] = ()
     #: module lists whose linears are quantized (the transformer blocks).
     block_lists: ClassVar[tuple[str, ...]] = ()
 
-    def quantizable_layers(self, model: nn.Module) -> dict[str, nn.Linear]:
-        """Name -> linear layer for every quantizable layer, in execution order."""
+    def _block_linears(self, model: nn.Module, modulation: bool) -> dict[str, nn.Linear]:
         layers = {}
         for block_list in self.block_lists:
             blocks = getattr(model, block_list, None)
@@ -69,9 +69,18 @@ class Adapter(ABC):
                 continue
             for name, module in blocks.named_modules():
                 full = f"{block_list}.{name}"
-                if isinstance(module, nn.Linear) and not full.endswith(self.skip_suffixes):
+                if isinstance(module, nn.Linear) and full.endswith(self.skip_suffixes) == \
+                        modulation:
                     layers[full] = module
         return layers
+
+    def quantizable_layers(self, model: nn.Module) -> dict[str, nn.Linear]:
+        """Name -> linear layer for every quantizable layer, in execution order."""
+        return self._block_linears(model, modulation=False)
+
+    def modulation_layers(self, model: nn.Module) -> dict[str, nn.Linear]:
+        """Name -> linear layer of the timestep modulation (:attr:`skip_suffixes`)."""
+        return self._block_linears(model, modulation=True)
 
     @abstractmethod
     def timestep_of(self, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:

@@ -172,6 +172,12 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     n = flat.numel()
     if n and (int(flat.min()) < 0 or int(flat.max()) >= 2**bits):
         raise ValueError(f"code {int(flat.max())} does not fit in {bits} bits")
+    if bits in (2, 4, 8):  # whole codes per byte: byte operations only
+        per = 8 // bits
+        padded = torch.zeros((n + per - 1) // per * per, dtype=torch.uint8, device=flat.device)
+        padded[:n] = flat.to(torch.uint8)
+        shifts = torch.arange(per, device=flat.device, dtype=torch.uint8) * bits
+        return (padded.view(-1, per) << shifts).sum(1, dtype=torch.uint8)
     groups = torch.zeros((n + 7) // 8 * 8, dtype=torch.int64, device=flat.device)
     groups[:n] = flat.to(torch.int64)
     shifts = torch.arange(8, device=flat.device) * bits
@@ -181,15 +187,34 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of :func:`pack_codes`: uint8 codes of ``shape``, on the packed tensor's device."""
+    """Inverse of :func:`pack_codes`: uint8 codes of ``shape``, on the packed tensor's device.
+
+    2-, 4- and 8-bit codes are split with byte operations; other widths go through 64-bit words
+    a million codes at a time, so the temporary memory stays small beside the codes.
+    """
     n = int(np.prod(shape))
     need = (n * bits + 7) // 8
     if packed.numel() != need:
         raise ValueError(f"packed buffer has {packed.numel()} bytes, {need} expected for "
                          f"{n} codes of {bits} bits")
-    device = packed.device
-    data = torch.zeros((n + 7) // 8 * bits, dtype=torch.int64, device=device)
-    data[:need] = packed.reshape(-1).to(torch.int64)
-    words = (data.view(-1, bits) << (torch.arange(bits, device=device) * 8)).sum(1)
-    codes = (words[:, None] >> (torch.arange(8, device=device) * bits)) & (2**bits - 1)
-    return codes.to(torch.uint8).reshape(-1)[:n].reshape(shape)
+    flat = packed.reshape(-1)
+    device = flat.device
+    if bits in (2, 4, 8):
+        per = 8 // bits
+        shifts = torch.arange(per, device=device, dtype=torch.uint8) * bits
+        codes = (flat[:, None] >> shifts) & (2**bits - 1)  # (bytes, codes per byte)
+        return codes.reshape(-1)[:n].reshape(shape)
+    out = torch.empty((n + 7) // 8 * 8, dtype=torch.uint8, device=device)
+    shifts_in = torch.arange(bits, device=device) * 8
+    shifts_out = torch.arange(8, device=device) * bits
+    chunk = 1 << 17  # groups of 8 codes (one word each) per pass
+    groups = (n + 7) // 8
+    for g0 in range(0, groups, chunk):
+        g1 = min(groups, g0 + chunk)
+        data = torch.zeros((g1 - g0) * bits, dtype=torch.int64, device=device)
+        part = flat[g0 * bits: g1 * bits]
+        data[: part.numel()] = part.to(torch.int64)
+        words = (data.view(-1, bits) << shifts_in).sum(1)
+        out[g0 * 8: g1 * 8] = ((words[:, None] >> shifts_out) & (2**bits - 1)).reshape(-1).to(
+            torch.uint8)
+    return out[:n].reshape(shape)

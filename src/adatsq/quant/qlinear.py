@@ -22,7 +22,6 @@ from torch import nn
 from adatsq.quant.primitives import (
     FULL_PRECISION,
     WeightQuantizer,
-    dequantize,
     pack_codes,
     quantize_activation,
     unpack_codes,
@@ -232,7 +231,8 @@ class QuantLinear(nn.Module):
                 "rotate_input": self.rotate_input,
                 "activation": {"granularity": a.granularity, "symmetric": a.symmetric,
                                "group_size": a.group_size},
-                "tensors": [k for k in OPTIONAL_TENSORS if getattr(self, k) is not None]}
+                "tensors": [k for k in OPTIONAL_TENSORS if getattr(self, k) is not None],
+                **({"weight_only": True} if isinstance(self, WeightOnlyLinear) else {})}
 
     @classmethod
     def from_state(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor],
@@ -258,6 +258,8 @@ class QuantLinear(nn.Module):
         a = layout["activation"]
         activation = ActivationQuant(activation_bits, a["granularity"], a["symmetric"],
                                      a["group_size"])
+        if layout.get("weight_only"):
+            cls, activation = WeightOnlyLinear, ActivationQuant()
         return cls(layout["in_features"], layout["out_features"],
                    weight_bits=layout["weight_bits"], activation=activation,
                    rotate_input=layout["rotate_input"], lowrank=lowrank, dtype=dtype, **extra)
@@ -279,8 +281,15 @@ class QuantLinear(nn.Module):
             return self.weight.to(dtype)
         if self._cached is not None and self._cached.dtype == dtype:
             return self._cached
-        W = dequantize(self.codes.float(), self.scale.float(), self.zero.float(),
-                       self.group_size).to(dtype)
+        codes = self.codes  # (out, in) uint8
+        out, groups = self.scale.shape
+        W = torch.empty(out, self.in_features, dtype=dtype, device=codes.device)
+        rows = max(1, (1 << 22) // self.in_features)  # bounded float32 temporaries
+        for r in range(0, out, rows):
+            c = codes[r:r + rows].view(-1, groups, self.in_features // groups).float()
+            s = self.scale[r:r + rows, :, None].float()
+            z = self.zero[r:r + rows, :, None].float()
+            W[r:r + rows] = (s * (c - z)).view(-1, self.in_features).to(dtype)
         if self.cache:
             self._cached = W
         return W
@@ -331,6 +340,11 @@ class QuantLinear(nn.Module):
                 f"granularity={self.activation.granularity}, rotate={self.rotate_input}"
                 f"{' (randomized)' if self.rotation_signs is not None else ''}, "
                 f"smooth={self.smooth is not None}, lowrank={self.lowrank_down is not None}")
+
+
+class WeightOnlyLinear(QuantLinear):
+    """A layer with quantized weights and 16-bit activations outside any policy (the timestep
+    modulation, :attr:`adatsq.config.WeightSpec.modulation`)."""
 
 
 def cache_weights_(model: nn.Module, on: bool = True) -> nn.Module:
