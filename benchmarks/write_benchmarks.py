@@ -517,8 +517,12 @@ def memory_section() -> list[str]:
             f"**{'met' if goal['met'] else 'not met'}**.", "",
             f"Extrapolated to Flux-Dev ({dev['params'] / 1e9:.1f} B parameters, "
             f"{dev['bf16_bytes'] / GB:.1f} GB in bf16; blocks scale with their count, the rest "
-            f"is fixed): W4 artifact {dev['artifact_bytes']['W4'] / GB:.1f} GB, W3 "
-            f"{dev['artifact_bytes']['W3'] / GB:.1f} GB; loading the W4 artifact needs "
+            f"is fixed; this gives {dev['bf16_bytes_extrapolated'] / GB:.2f} GB for the bf16 "
+            f"model, its real size): W4 artifact {dev['artifact_bytes']['W4'] / GB:.1f} GB "
+            f"({dev['bf16_bytes'] / dev['artifact_bytes']['W4']:.2f}× smaller), W3 "
+            f"{dev['artifact_bytes']['W3'] / GB:.1f} GB "
+            f"({dev['bf16_bytes'] / dev['artifact_bytes']['W3']:.2f}× smaller); loading the W4 "
+            "artifact needs (peaks scaled with the artifact) "
             f"{dev['load_w4_bytes_above_overhead'] / GB:.1f} GB and generating "
             f"{dev['generate_w4_bytes_above_overhead'] / GB:.1f} GB above the overhead (plus "
             "the real text encoders and VAE: T5-XXL alone is 9.5 GB in bf16).", ""]
