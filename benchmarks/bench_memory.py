@@ -46,6 +46,7 @@ from tests.integration.tiny_pipelines import tiny_flux  # noqa: E402
 from adatsq.bench import environment  # noqa: E402
 from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec  # noqa: E402
 from adatsq.files import write_json  # noqa: E402
+from adatsq.io import SAFETENSORS_DTYPES  # noqa: E402
 from adatsq.pipeline import load, load_pipeline, quantize_, save  # noqa: E402
 
 THREADS = 2
@@ -66,14 +67,11 @@ def _bytes_by_part(path: Path) -> dict[str, int]:
     with safe_open(str(path), "pt") as f:
         for key in f.keys():
             t = f.get_slice(key)
-            n = math.prod(t.get_shape()) * _SIZES[t.get_dtype()]
+            n = math.prod(t.get_shape()) * SAFETENSORS_DTYPES[t.get_dtype()].itemsize
             part = ("double" if key.startswith("transformer_blocks.") else
                     "single" if key.startswith("single_transformer_blocks.") else "rest")
             parts[part] += n
     return parts
-
-
-_SIZES = {"BF16": 2, "F16": 2, "F32": 4, "U8": 1, "I64": 8, "I32": 4}
 
 
 def flux_dev_bytes(parts: dict[str, int], config: dict, rest_bytes_per_param: float) -> float:

@@ -76,7 +76,8 @@ def round_to_storage_(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for key, t in model.state_dict().items():  # shares storage with the model's tensors
             if t.is_floating_point():
-                t.copy_(t.to(dtype).to(t.dtype))
+                if t.dtype != dtype:  # quantized layers hold the storage dtype already
+                    t.copy_(t.to(dtype).to(t.dtype))
                 if not torch.isfinite(t).all():
                     raise ValueError(f"{key} has values that are not finite in "
                                      f"{str(dtype).removeprefix('torch.')} storage (overflow "
@@ -142,7 +143,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
            "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
            "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 """safetensors dtype names."""
@@ -170,7 +171,7 @@ class _TensorFile:
         self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
         for key, e in header.items():
             try:
-                dtype, shape = _DTYPES[e["dtype"]], tuple(int(d) for d in e["shape"])
+                dtype, shape = SAFETENSORS_DTYPES[e["dtype"]], tuple(int(d) for d in e["shape"])
                 begin, end = (int(o) for o in e["data_offsets"])
             except (KeyError, TypeError, ValueError):
                 raise ArtifactError(f"{path}: tensor {key} has a corrupt header entry; "
@@ -247,6 +248,10 @@ def load_quantized(build: Callable[[], nn.Module], path: str | Path,
     modules = dict(skeleton.named_modules())
     stored = _TensorFile(weights)
     keys = set(stored.keys())
+    by_layer: dict[str, list[str]] = {}  # layer name -> its tensors' local names
+    for key in keys:
+        layer, _, local = key.rpartition(".")
+        by_layer.setdefault(layer, []).append(local)
     with open(weights, "rb") as fh:
 
         def read(key: str) -> torch.Tensor:
@@ -266,8 +271,7 @@ def load_quantized(build: Callable[[], nn.Module], path: str | Path,
                     layout["out_features"], layout["in_features"]):
                 raise ArtifactError(f"artifact layer {name} does not match the transformer "
                                     f"({type(linear).__name__}); wrong model for this artifact?")
-            prefix = f"{name}."
-            own = {k[len(prefix):]: read(k) for k in keys if k.startswith(prefix)}
+            own = {k: read(f"{name}.{k}") for k in by_layer.get(name, ())}
             bits = policy.layers[name].activation_bits if name in policy.layers else (16,)
             try:
                 q = QuantLinear.from_state(layout, own, bits[0] if len(set(bits)) == 1 else bits,

@@ -119,10 +119,23 @@ class WeightQuantizer:
         return dequantize(self.codes(W, scale, zero), scale, zero, g).to(W.dtype)
 
 
-def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-               group: int) -> torch.Tensor:
-    """Weights from codes (out, in) and per-group parameters (out, in / group)."""
-    return scale.repeat_interleave(group, dim=1) * (codes - zero.repeat_interleave(group, dim=1))
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Weights from codes (out, in) and per-group parameters (out, in / group).
+
+    Computed in the scale's precision (at least float32) and returned in ``dtype`` (default: that
+    precision), a block of rows at a time, so the temporaries stay small beside the result.
+    """
+    compute = torch.promote_types(scale.dtype, torch.float32)
+    n_out, n_in = codes.shape
+    W = torch.empty(n_out, n_in, dtype=dtype or compute, device=codes.device)
+    rows = max(1, (1 << 22) // max(n_in, 1))
+    for r in range(0, n_out, rows):
+        c = codes[r:r + rows].to(compute).view(-1, n_in // group, group)
+        s = scale[r:r + rows, :, None].to(compute)
+        z = zero[r:r + rows, :, None].to(compute)
+        W[r:r + rows] = (s * (c - z)).view(-1, n_in)
+    return W
 
 
 ACTIVATION_GRANULARITIES = ("token", "group", "sample")

@@ -22,6 +22,7 @@ from torch import nn
 from adatsq.quant.primitives import (
     FULL_PRECISION,
     WeightQuantizer,
+    dequantize,
     pack_codes,
     quantize_activation,
     unpack_codes,
@@ -281,15 +282,7 @@ class QuantLinear(nn.Module):
             return self.weight.to(dtype)
         if self._cached is not None and self._cached.dtype == dtype:
             return self._cached
-        codes = self.codes  # (out, in) uint8
-        out, groups = self.scale.shape
-        W = torch.empty(out, self.in_features, dtype=dtype, device=codes.device)
-        rows = max(1, (1 << 22) // self.in_features)  # bounded float32 temporaries
-        for r in range(0, out, rows):
-            c = codes[r:r + rows].view(-1, groups, self.in_features // groups).float()
-            s = self.scale[r:r + rows, :, None].float()
-            z = self.zero[r:r + rows, :, None].float()
-            W[r:r + rows] = (s * (c - z)).view(-1, self.in_features).to(dtype)
+        W = dequantize(self.codes, self.scale, self.zero, self.group_size, dtype)
         if self.cache:
             self._cached = W
         return W
