@@ -3,6 +3,11 @@
 Bad input (unknown model or method, bad bit width, missing or corrupt file, empty prompt list) ends
 with a one-line error and exit code 2. Outputs follow :func:`adatsq.files.check_output`: checked
 before any work, never replaced without ``--overwrite``, never written inside an input.
+
+``quantize`` keeps its progress in ``--out``/checkpoint (:mod:`adatsq.checkpoint`) until the
+finished artifact replaces the folder: the same command after a crash or a kill resumes
+(``--overwrite`` starts over). Under ``torchrun --nproc-per-node N -m adatsq.cli quantize ...``
+the work is split over the ranks (:mod:`adatsq.distributed`) and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
-from adatsq import io
+from adatsq import distributed, io
 from adatsq.bench import compare, make_rows, markdown_table
 from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec
 from adatsq.eval.plots import frame_strips, sample_grid
@@ -23,6 +29,9 @@ from adatsq.pipeline import load, load_pipeline, quantize_, save
 from adatsq.zoo import registry
 
 EXIT_USAGE = 2
+CHECKPOINT = "checkpoint"
+"""Where ``quantize`` keeps the progress of a run inside its ``--out`` folder until the artifact
+replaces it."""
 
 
 def _positive(args, *names: str) -> None:
@@ -105,18 +114,29 @@ def cmd_generate(args) -> int:
 
 def cmd_quantize(args) -> int:
     _positive(args, "steps", "calib_prompts", "height", "width", "frames")
-    check_output(args.out, "dir", args.overwrite,
+    ranks = distributed.init_from_env()
+    out = Path(args.out)
+    checkpoint = out / CHECKPOINT
+    resume = checkpoint.is_dir() and not (out / "manifest.json").exists()
+    check_output(args.out, "dir", args.overwrite or resume,
                  inputs=(args.model, getattr(args, "recipe", None),
                          getattr(args, "calibration_file", None)))
     recipe = _recipe(args)
     pipe = load_pipeline(args.model, **_settings(args, "height", "width", "frames",
                                                  "calibration_file"))
-    policy = quantize_(pipe, recipe)
-    save(pipe, policy, args.out)
+    if resume and args.overwrite and ranks.main:  # start over
+        shutil.rmtree(checkpoint)
+    ranks.barrier()
+    policy = quantize_(pipe, recipe, checkpoint=checkpoint)
+    if not ranks.main:
+        return 0
+    save(pipe, policy, args.out)  # replaces the folder, checkpoint included, at once
     size = io.model_bytes(pipe.transformer)
     a_bits = policy.average_activation_bits
     print(f"wrote {args.out}: {recipe.method} W{policy.weight_bits}A{a_bits:g}"
-          f", {size / 1e6:.2f} MB, quantized in {policy.settings['seconds']:.1f}s")
+          f", {size / 1e6:.2f} MB, quantized in {policy.settings['seconds']:.1f}s"
+          + (f" on {ranks.world} ranks" if ranks.world > 1 else "")
+          + (", resumed from its checkpoint" if resume and not args.overwrite else ""))
     return 0
 
 

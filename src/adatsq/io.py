@@ -119,6 +119,10 @@ def save(model: nn.Module, policy: Policy, path: str | Path, source: dict[str, A
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest of artifact ``path``, validated; raises :class:`ArtifactError`."""
     path = Path(path)
+    if not (path / "manifest.json").is_file() and (path / "checkpoint").is_dir():
+        raise ArtifactError(f"{path} is an unfinished quantization run (a checkpoint, no "
+                            "manifest.json); rerun the same 'adatsq quantize' command to finish "
+                            "it")
     if not (path / "manifest.json").is_file():
         raise ArtifactError(f"{path} is not an artifact directory (no manifest.json); "
                             "create one with 'adatsq quantize'")

@@ -16,10 +16,10 @@ from pathlib import Path
 import diffusers
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from adatsq import io
+from adatsq import distributed, io
 from adatsq.calib.capture import CaptureConfig, capture, memory_estimate
+from adatsq.checkpoint import Checkpoint
 from adatsq.config import Recipe
 from adatsq.eval.fidelity import psnr_per_image
 from adatsq.eval.tasks import task_for
@@ -72,7 +72,7 @@ def attach_tracker(model: nn.Module, adapter, schedule) -> StepTracker:
 
 
 def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
-              metric=None) -> Policy:
+              metric=None, checkpoint: str | Path | None = None) -> Policy:
     """Quantizes ``pipeline.transformer`` in place with ``recipe``; returns the policy.
 
     Args:
@@ -81,6 +81,13 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
         stats: calibration statistics to reuse (captured if the method needs them and none given).
         metric: ``metric(images, prompts) -> float`` (higher is better) for methods that select
             end to end (AdaTSQ); default: the pipeline's task metric, else fidelity to FP.
+        checkpoint: a folder to keep the run's progress in (:mod:`adatsq.checkpoint`); a run
+            killed part way and started again with the same folder, model and recipe resumes
+            from it and returns the same result.
+
+    In a ``torchrun`` process group (:mod:`adatsq.distributed`) every rank calls this: the
+    calibration prompts, the layers to solve and AdaTSQ's search are split over the ranks, and
+    every rank ends with the same quantized model (rank 0 writes the checkpoint).
 
     Example:
         >>> pipe = load_pipeline("flux-digits")
@@ -89,6 +96,8 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
         4.0
     """
     t0 = time.time()
+    ranks = distributed.current()
+    progress = progress and ranks.main
     method = get_method(recipe.method)(recipe)
     method.fidelity = psnr_per_image
     if metric is not None:
@@ -103,6 +112,14 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
         if param.is_floating_point() and not torch.isfinite(param).all():
             raise ValueError(f"non-finite values (NaN or Inf) in the weights {name}; check the "
                              "model checkpoint")
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = Checkpoint(checkpoint, {"model": pipeline.name, "recipe": recipe.to_dict()},
+                          writer=ranks.main)
+        ranks.barrier()  # run.json exists before any rank reads the folder
+    method.checkpoint = ckpt
+    dtype = io.storage_dtype(model)
+    restored = ckpt.layers(dtype) if ckpt is not None else {}
     groups = [list(layers)]
     if method.capture is not None and stats is None:
         calib = recipe.calibration
@@ -115,11 +132,17 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
                              f"(memory_gb, now {calib.memory_gb:g}) or use another method")
 
         def stats_of(group, i):
+            saved = ckpt.stats(i) if ckpt is not None else None
+            if saved is not None:
+                return saved
             if len(groups) > 1:
                 log.info("calibration group %d/%d: %d layers", i + 1, len(groups), len(group))
-            return capture(pipeline, prompts, seed=calib.seed, steps=steps,
-                           config=CaptureConfig(hessian=method.capture), progress=progress,
-                           only=group if len(groups) > 1 else None)
+            captured = capture(pipeline, prompts, seed=calib.seed, steps=steps,
+                               config=CaptureConfig(hessian=method.capture), progress=progress,
+                               only=group if len(groups) > 1 else None)
+            if ckpt is not None:
+                ckpt.save_stats(i, captured)
+            return captured
 
         stats = stats_of(groups[0], 0)
     phases = {"capture": time.time() - t0}
@@ -128,25 +151,53 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
                          f"samples {steps}; capture them with the same number of steps")
     tracker = StepTracker(pipeline.schedule(steps))
     t1 = time.time()
+    if ckpt is not None and stats is not None:
+        stats.derived.update(ckpt.derived())
+        known = set(stats.derived)
     method.prepare(pipeline, stats)
+    if ckpt is not None and stats is not None and set(stats.derived) != known:
+        ckpt.save_derived(stats.derived)
     phases["prepare"] = time.time() - t1
     t1 = time.time()
     quantized = {}
-    bar = tqdm(total=len(layers), desc=f"{recipe.method} {recipe.label}", disable=not progress,
-               leave=False)
+    device = next(model.parameters()).device
     for i, group in enumerate(groups):
         group_stats = stats
+        todo = [name for name in group if name not in restored]
         if i > 0:  # stream: this group's statistics, then keep only their small part
             stats.drop_hessians()
             group_stats = stats_of(group, i)
             stats.absorb(group_stats)
-        for name in group:
-            quantized[name] = method.quantize_layer(name, layers[name], group_stats, tracker)
+
+        def solve(k):
+            q = method.quantize_layer(todo[k], layers[todo[k]], group_stats, tracker)
+            return q if ranks.world == 1 else (q.layout(), q.activation.bits, q.state_dict())
+
+        def place(k, result):
+            name = todo[k]
+            if ranks.world > 1:  # a layer another rank solved (this rank's own too: one path)
+                layout, bits, state = result
+                result = QuantLinear.from_state(layout, state, bits, dtype).to(device)
+                result.tracker = tracker
+            quantized[name] = result
+            if ckpt is not None:
+                ckpt.save_layer(name, result)
             if len(groups) == 1:  # in place at once: one copy of the weights at a time
-                set_module(model, name, quantized[name])
+                set_module(model, name, result)
                 layers[name] = None
-            bar.update()
-    bar.close()
+
+        for name in group:
+            if name in restored:
+                quantized[name] = restored[name].to(device)
+                quantized[name].tracker = tracker
+                if len(groups) == 1:
+                    set_module(model, name, quantized[name])
+                    layers[name] = None
+        distributed.map_items(len(todo), solve, on_result=place,
+                              desc=f"{recipe.method} {recipe.label}", progress=progress)
+        if ckpt is not None and len(groups) > 1:  # solved: the Hessians are no longer needed
+            ckpt.save_stats(i, group_stats, hessians=False)
+    quantized = {name: quantized[name] for name in layers}  # the model's order
     for name, q in quantized.items():  # later groups were captured on the 16-bit model
         set_module(model, name, q)
     if recipe.weights.modulation:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from adatsq import distributed
 from adatsq.models.base import Conditioning
 from adatsq.quant.qlinear import StepTracker
 
@@ -116,7 +117,17 @@ def capture(pipeline, prompts: list[str], seed: int = 0, steps: int | None = Non
         pipeline: a pipeline exposing ``transformer``, ``adapter``, ``schedule(steps)`` and
             ``generate(prompts, seed, steps, callback=...)``.
         only: record these layers only (streaming a large model group by group).
+
+    In a distributed run (:mod:`adatsq.distributed`) each rank samples its share of the prompts
+    (with the noise those prompts get in a single process) and the statistics are reduced, so
+    every rank returns the statistics of all prompts. Floats summed in another order make the
+    Hessians differ from a single process's in the last bits; the value ``samples`` are each
+    rank's own (they only feed plots).
     """
+    ranks = distributed.current()
+    if len(prompts) < ranks.world:
+        raise ValueError(f"{len(prompts)} calibration prompts cannot be shared by {ranks.world} "
+                         "ranks; use at least one prompt per rank")
     steps = steps or pipeline.default_steps
     model = pipeline.transformer
     layers = pipeline.adapter.quantizable_layers(model)
@@ -163,16 +174,26 @@ def capture(pipeline, prompts: list[str], seed: int = 0, steps: int | None = Non
         latents.append(x.clone())
         step_sigmas.append(float(sigma[0]))
 
+    share = ranks.share(len(prompts))
     handles = [tracker.attach(model, pipeline.adapter.timestep_of)]
     handles += [m.register_forward_pre_hook(make_hook(n)) for n, m in layers.items()]
     try:
-        pipeline.generate(prompts, seed=seed, steps=steps, callback=on_step,
-                          batch_size=len(prompts),
+        pipeline.generate(prompts[share.start:share.stop], seed=seed, steps=steps,
+                          callback=on_step, batch_size=len(share), first=share.start,
                           progress="calibration capture" if progress else False)
     finally:
         for h in handles:
             h.remove()
-    stats.latents = torch.stack(latents)
+    stats.latents = torch.stack(latents)  # (T, b, N, C): this rank's share
+    if ranks.world > 1:
+        for name in layers:
+            ranks.sum_(stats.rows[name])
+            ranks.max_(stats.absmax[name])
+            lo, hi = stats.minmax[name][:, 0].contiguous(), stats.minmax[name][:, 1].contiguous()
+            stats.minmax[name][:, 0], stats.minmax[name][:, 1] = ranks.min_(lo), ranks.max_(hi)
+            if name in stats.hessian:
+                ranks.sum_(stats.hessian[name])
+        stats.latents = torch.cat(ranks.gather(stats.latents), dim=1)  # (T, B, N, C)
     stats.sigmas = torch.tensor(step_sigmas)
     stats.cond = pipeline.encode(prompts)
     log.info("captured %d layers x %d steps (%.1f MB)", len(layers), T, stats.nbytes() / 1e6)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from adatsq import distributed
 from adatsq.config import FISHER_TARGETS
 from adatsq.models.sampling import sigmas as sigma_schedule
 
@@ -120,12 +121,22 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
     model, adapter = pipeline.transformer, pipeline.adapter
     layers = adapter.quantizable_layers(model)
     names = list(layers)
-    images = pipeline.generate(prompts, seed=seed, steps=steps)
-    x0 = pipeline.to_latents(images)  # (B, N, C)
-    cond = pipeline.encode(prompts)
+    # a distributed run splits the micro-batches over the ranks, each drawing every random
+    # number a single process draws (same noise per sample) and using its own share
+    ranks = distributed.current()
+    B = len(prompts)
+    mine = ranks.share(-(-B // micro_batch))  # micro-batch indices
+    lo, hi = mine.start * micro_batch, min(mine.stop * micro_batch, B)
+    if hi <= lo:
+        raise ValueError(f"{B} Fisher prompts in micro-batches of {micro_batch} cannot be shared "
+                         f"by {ranks.world} ranks; use more prompts")
+    images = pipeline.generate(prompts[lo:hi], seed=seed, steps=steps, first=lo)
+    x0 = pipeline.to_latents(images)  # (b, N, C): this rank's share
+    cond = pipeline.encode(prompts[lo:hi])
     sig = sigma_schedule(steps) if sigmas is None else torch.as_tensor(sigmas).float()  # (T,)
     if len(sig) != steps:
         raise ValueError(f"{len(sig)} noise levels given for {steps} steps")
+    shape = x0.shape[1:]  # (N, C)
     gen = torch.Generator().manual_seed(seed + 7)
     scores = np.zeros((len(names), steps))
     weights = [layers[n].weight for n in names]
@@ -135,24 +146,27 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
         p.requires_grad_(False)
     for w in weights:
         w.requires_grad_(True)
-    B = x0.shape[0]
     try:
         with torch.enable_grad():
-            for t in tqdm(range(steps), desc="fisher", disable=not progress, leave=False):
+            for t in tqdm(range(steps), desc="fisher", disable=not progress or not ranks.main,
+                          leave=False):
                 s = float(sig[t])
-                eps = torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype)
-                xt = (1 - s) * x0 + s * eps
-                velocity = eps - x0
+                eps = torch.randn((B, *shape), generator=gen)  # (B, N, C)
                 for i in range(0, B, micro_batch):
                     j = min(i + micro_batch, B)
-                    sub = {k: v[i:j] for k, v in cond.items()}
-                    v = adapter.denoise(model, xt[i:j], sub,
-                                        torch.full((j - i,), s, device=x0.device))
+                    u = torch.randn((j - i, *shape), generator=gen) if target == "output" \
+                        else None
+                    if not lo <= i < hi:
+                        continue
+                    x = x0[i - lo:j - lo]
+                    e = eps[i:j].to(x.device, x.dtype)
+                    xt = (1 - s) * x + s * e
+                    sub = {k: v[i - lo:j - lo] for k, v in cond.items()}
+                    v = adapter.denoise(model, xt, sub, torch.full((j - i,), s, device=x.device))
                     if target == "velocity":
-                        loss = (v - velocity[i:j]).square().mean()
+                        loss = (v - (e - x)).square().mean()
                     else:  # <u, v> / n with u ~ N(0, I): the residual of a sampled target
-                        u = torch.randn(v.shape, generator=gen).to(v.device, v.dtype)
-                        loss = 2.0 * (v * u).mean()
+                        loss = 2.0 * (v * u.to(v.device, v.dtype)).mean()
                     grads = torch.autograd.grad(loss, weights)
                     for li, g in enumerate(grads):
                         scores[li, t] += float(g.double().square().sum()) * (j - i) ** 2 / B
@@ -161,6 +175,7 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
             w.requires_grad_(req)
         for p in frozen:
             p.requires_grad_(True)
+    ranks.sum_(torch.from_numpy(scores))  # in place
     if not np.isfinite(scores).all():
         raise ValueError("the Fisher scores are not finite; check the model and the prompts")
     log.info("fisher: %d layers x %d steps", len(names), steps)

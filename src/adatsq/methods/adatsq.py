@@ -31,13 +31,14 @@ naive rotation" baseline of the paper's Table 3.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from contextlib import contextmanager
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from adatsq.calib.fisher import (
     FisherResult,
@@ -241,16 +242,17 @@ class AdaTSQ(Method):
 
     def _step_losses(self, pipeline, stats, layers, candidates) -> list[np.ndarray]:
         """Eq. 2 for every candidate of every step: MSE of the quantized vs FP velocity at
-        ``z_t``."""
-        out = []
-        for t in tqdm(range(stats.steps), desc="step losses", leave=False):
+        ``z_t`` (steps spread over the ranks; resumable)."""
+        def losses_at(t: int) -> list[float]:
             row = []
             for bits in candidates[t].bits:
                 self.apply_bits(bits)
                 v = self._velocity(pipeline, stats, t)
                 row.append(float((v - self.fp_out[t]).square().mean()))
-            out.append(np.array(row))
-        return out
+            return row
+
+        return [np.array(row) for row in self.map_items("step_losses", stats.steps, losses_at,
+                                                         "step losses")]
 
     def _selection_set(self, pipeline):
         """Selection prompts and their task metric (None: fidelity only)."""
@@ -263,18 +265,28 @@ class AdaTSQ(Method):
 
     def _select(self, pipeline, stats, layers, candidates, paths):
         """(task metric, PSNR to FP) of each path's samples of the selection prompts; each is
-        per prompt (N,) where the metric gives one score per sample, else a float."""
+        per prompt (N,) where the metric gives one score per sample, else a float (paths spread
+        over the ranks; resumable)."""
         prompts, task = self.selection
-        scores = []
-        for path in tqdm(paths, desc="selection", leave=False):
-            self.apply_bits(_path_bits(candidates, path))
+
+        def score(k: int) -> list:
+            self.apply_bits(_path_bits(candidates, paths[k]))
             images = pipeline.generate(prompts, seed=self.recipe.calibration.seed + 1,
                                        steps=stats.steps)
             fidelity = np.asarray(self.fidelity(images, self.selection_fp)).reshape(
                 len(prompts), -1).mean(1)
             metric = task(images) if task is not None else fidelity
-            scores.append((np.asarray(metric, dtype=np.float64), fidelity))
-        return scores
+            return [np.asarray(metric, dtype=np.float64).tolist(), fidelity.tolist()]
+
+        # the paths are part of the key: a resumed run whose search found others starts over
+        name = f"selection_{_digest([p.tolist() for p in paths])}"
+        return [(np.asarray(m, dtype=np.float64), np.asarray(f, dtype=np.float64))
+                for m, f in self.map_items(name, len(paths), score, "selection")]
+
+
+def _digest(value) -> str:
+    """A short hash of a JSON value (names a checkpointed loop by its inputs)."""
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:12]
 
 
 def step_weights(sigmas, exponents) -> np.ndarray:

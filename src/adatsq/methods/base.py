@@ -13,8 +13,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from adatsq import distributed
 from adatsq.calib.capture import CalibrationStats
 from adatsq.calib.gptq import gptq_quantize
+from adatsq.checkpoint import Checkpoint
 from adatsq.config import GPTQOptions, Recipe
 from adatsq.policy import Policy
 from adatsq.quant.lowrank import lowrank_split
@@ -42,6 +44,8 @@ class Method(ABC):
     source: ClassVar[str] = ""
     capture: ClassVar[str | None] = None
     streams: ClassVar[bool] = True
+    #: the run's :class:`~adatsq.checkpoint.Checkpoint` (set by the driver; None: not resumable)
+    checkpoint: Checkpoint | None = None
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -68,6 +72,18 @@ class Method(ABC):
     def quantize_layer(self, name: str, linear: nn.Linear, stats: CalibrationStats | None,
                        tracker: StepTracker) -> QuantLinear:
         """The quantized replacement of ``linear``."""
+
+    def map_items(self, name: str, n: int, compute, desc: str = "",
+                  progress: bool = True) -> list:
+        """``[compute(i) for i in range(n)]`` over the ranks of a distributed run
+        (:func:`adatsq.distributed.map_items`), resuming from and saving to the run's checkpoint
+        under ``name`` (results must be JSON values)."""
+        done, save = {}, None
+        if self.checkpoint is not None:
+            done = self.checkpoint.results(name)
+            save = lambda i, value: self.checkpoint.save_result(name, i, value)  # noqa: E731
+        return distributed.map_items(n, compute, done=done, on_result=save,
+                                     desc=desc or name, progress=progress)
 
     def finalize(self, pipeline, stats: CalibrationStats | None, tracker: StepTracker,
                  layers: dict[str, QuantLinear], policy: Policy) -> Policy:

@@ -30,14 +30,10 @@ class SVDQuant(Method):
               "low-rank branch (rank 32 of 3072)")
     capture = "none"
 
-    def prepare(self, pipeline, stats):
-        self.ranks: dict[str, int] = {}
-
     def quantize_layer(self, name, linear, stats, tracker):
         s, W = smooth_layer(linear.weight, stats.absmax[name], self.options.alpha)
         rank = (proportional_rank(*W.shape) if self.options.rank is None
                 else max(1, min(self.options.rank, min(W.shape) // 2)))
-        self.ranks[name] = rank
         down, up, residual = lowrank_split(W, rank)
         return QuantLinear.from_linear(linear, self.recipe.weights, self.activation(), tracker,
                                        weight=residual, smooth=s, lowrank=(down, up))
@@ -49,5 +45,6 @@ class SVDQuant(Method):
         return g
 
     def finalize(self, pipeline, stats, tracker, layers, policy):
-        ranks = sorted(set(self.ranks.values()))
+        # from the layers (some may come from a checkpoint or another rank)
+        ranks = sorted({q.lowrank_down.shape[0] for q in layers.values()})
         return policy.with_settings(lowrank_rank=self.options.rank, lowrank_ranks=ranks)

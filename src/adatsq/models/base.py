@@ -130,8 +130,9 @@ class Pipeline(Protocol):
 
     def generate(self, prompts: list[str], seed: int = 0, steps: int | None = None,
                  guidance_scale: float | None = None, batch_size: int | None = None,
-                 callback=None, progress: bool | str = False) -> torch.Tensor:
-        """Samples in [-1, 1] (float32, CPU) for ``prompts``, deterministic given ``seed``."""
+                 callback=None, progress: bool | str = False, first: int = 0) -> torch.Tensor:
+        """Samples in [-1, 1] (float32, CPU) for ``prompts``, deterministic given ``seed``;
+        ``first``: index of ``prompts[0]`` in the prompt list this is a share of (its noise)."""
 
     def to_latents(self, samples: torch.Tensor) -> torch.Tensor:
         """Samples (pixels) to the transformer's latents (Fisher re-noises generations)."""

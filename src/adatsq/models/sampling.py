@@ -111,10 +111,11 @@ def sample(adapter: Adapter, model: nn.Module, noise: torch.Tensor, cond: Condit
     return x
 
 
-def seeded_noise(shape: tuple[int, ...], n: int, seed: int) -> torch.Tensor:
-    """Initial latents (n, *shape): sample ``i`` always gets the same noise for a given seed,
-    whatever the batch it is drawn in (its own generator, seeded ``seed * 100003 + i``)."""
-    gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(n)]
+def seeded_noise(shape: tuple[int, ...], n: int, seed: int, first: int = 0) -> torch.Tensor:
+    """Initial latents (n, *shape) of samples ``first .. first + n - 1``: sample ``i`` always
+    gets the same noise for a given seed, whatever the batch (or the rank of a distributed run)
+    it is drawn in (its own generator, seeded ``seed * 100003 + i``)."""
+    gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(first, first + n)]
     return torch.stack([torch.randn(shape, generator=g) for g in gens])
 
 
@@ -190,15 +191,15 @@ class SamplingPipeline(ABC):
         return self.adapter.model_timestep(sigmas(steps or self.default_steps, self.shift,
                                                   self.spacing))
 
-    def noise(self, n: int, seed: int) -> torch.Tensor:
+    def noise(self, n: int, seed: int, first: int = 0) -> torch.Tensor:
         """Initial latents (see :func:`seeded_noise`) on the transformer's device and dtype."""
-        return seeded_noise(self.latent_shape(), n, seed).to(self.device, self.dtype)
+        return seeded_noise(self.latent_shape(), n, seed, first).to(self.device, self.dtype)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seed: int = 0, steps: int | None = None,
                  guidance_scale: float | None = None, batch_size: int | None = None,
                  callback: StepCallback | None = None,
-                 progress: bool | str = False) -> torch.Tensor:
+                 progress: bool | str = False, first: int = 0) -> torch.Tensor:
         """Samples (B, 3, H, W), or clips (B, 3, F, H, W) for a video model, in [-1, 1]
         (float32, CPU) for ``prompts``; deterministic given ``seed``.
 
@@ -207,6 +208,8 @@ class SamplingPipeline(ABC):
             batch_size: prompts sampled at once (None: the pipeline's).
             callback: ``callback(step, sigma, latents)`` before every transformer call.
             progress: a bar per step (a string is its label).
+            first: index of ``prompts[0]`` in a larger prompt list whose share this is (its
+                samples get that list's noise: a distributed run splits prompts over ranks).
         """
         if not prompts:
             raise ValueError("no prompts to generate")
@@ -215,7 +218,7 @@ class SamplingPipeline(ABC):
         steps = steps or self.default_steps
         scale = self.guidance(guidance_scale)
         uncond = self.null_conditioning() if scale != 1.0 else None
-        noise = self.noise(len(prompts), seed)
+        noise = self.noise(len(prompts), seed, first)
         size = batch_size or self.batch_size
         out = []
         for i in range(0, len(prompts), size):
