@@ -4,8 +4,10 @@ and exits 0.
 1. the tiny-pipeline integration tests (tests/integration): on a GPU the diffusers pipelines
    load in bfloat16 on CUDA, so quantize -> save -> load -> generate runs there bit-exactly;
 2. the memory benchmark (benchmarks/bench_memory.py), with CUDA peak memory per phase;
-3. a two-rank NCCL calibration: not yet implemented (calibration on torch.distributed is open
-   work), reported as skipped.
+3. where two GPUs are present, a two-rank NCCL calibration: ``torchrun --nproc-per-node 2 -m
+   adatsq.cli quantize flux-digits --method gptq`` (the tests/test_distributed.py command), and
+   the same in one process, with the share of weight codes that differ (float summation
+   order).
 
 Writes runs/gpu-check/results.json.
 """
@@ -19,6 +21,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from adatsq.pipeline import load
+from bench_distributed import codes_differ
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "runs" / "gpu-check"
@@ -48,8 +53,19 @@ def main() -> int:
                                                   "tests/integration"], 300)
     results["memory"] = _run("memory", [sys.executable, "benchmarks/bench_memory.py", "--out",
                                         "runs/gpu-check/memory"], 240)
-    results["nccl_two_ranks"] = {"skipped": "calibration on torch.distributed is not "
-                                            "implemented yet"}
+    if torch.cuda.device_count() >= 2:
+        quick = ["quantize", "flux-digits", "--method", "gptq", "--calib-prompts", "4",
+                 "--steps", "6", "--overwrite", "--out"]
+        results["nccl_two_ranks"] = _run("nccl_two_ranks", [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+            "-m", "adatsq.cli", *quick, "runs/gpu-check/nccl2"], 300)
+        results["one_rank"] = _run("one_rank", [sys.executable, "-m", "adatsq.cli", *quick,
+                                                "runs/gpu-check/nccl1"], 300)
+        if results["nccl_two_ranks"]["exit"] == 0 and results["one_rank"]["exit"] == 0:
+            results["codes_differ"] = codes_differ(load(OUT / "nccl1")[0].transformer,
+                                                     load(OUT / "nccl2")[0].transformer)
+    else:
+        results["nccl_two_ranks"] = {"skipped": "one GPU"}
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
     return 0 if all(r.get("exit", 0) == 0 for r in results.values() if isinstance(r, dict)) \

@@ -480,13 +480,19 @@ def cost_section() -> list[str]:
     return out + [""] if found else []
 
 
+def _results_section(name: str, title: str, command: str) -> tuple[dict | None, list[str]]:
+    """The results file ``benchmarks/results/<name>.json`` (None if not run) and the section's
+    title and command lines."""
+    return (_load(ROOT / "benchmarks" / "results" / f"{name}.json"),
+            [f"## {title}", "", f"Command: {command}", ""])
+
+
 def memory_section() -> list[str]:
-    res = _load(ROOT / "benchmarks" / "results" / "memory.json")
-    out = ["## Memory at Flux-Dev's width (paper Table 4)", "",
-           "Command: `python benchmarks/bench_memory.py` (a random-weight "
-           "`FluxTransformer2DModel` of Flux-Dev's width, 3072 = 24 heads x 128, with a few "
-           "blocks, in bfloat16; every phase in a process of its own; peak resident memory, "
-           "`VmHWM`).", ""]
+    res, out = _results_section(
+        "memory", "Memory at Flux-Dev's width (paper Table 4)",
+        "`python benchmarks/bench_memory.py` (a random-weight `FluxTransformer2DModel` of "
+        "Flux-Dev's width, 3072 = 24 heads x 128, with a few blocks, in bfloat16; every phase in "
+        "a process of its own; peak resident memory, `VmHWM`).")
     if res is None:
         return out + ["(not run)", ""]
     GB = 1e9
@@ -526,6 +532,40 @@ def memory_section() -> list[str]:
             f"{dev['load_w4_bytes_above_overhead'] / GB:.1f} GB and generating "
             f"{dev['generate_w4_bytes_above_overhead'] / GB:.1f} GB above the overhead (plus "
             "the real text encoders and VAE: T5-XXL alone is 9.5 GB in bf16).", ""]
+    return out
+
+
+def distributed_section() -> list[str]:
+    res, out = _results_section(
+        "distributed", "Calibration on two ranks",
+        "`python benchmarks/bench_distributed.py` (the same `adatsq quantize flux-digits "
+        "--method adatsq` as one process with 2 threads and under `torchrun --nproc-per-node 2`, "
+        "gloo, 1 thread per rank, on the same 2 cores; both artifacts then sample the test "
+        "prompts).")
+    if res is None:
+        return out + ["(not run)", ""]
+    runs, d = res["runs"], res["digiteval_2_minus_1"]
+    out += ["| | wall s | capture s | Fisher s | step losses s | selection s | mean bits | "
+            "DigitEval | PSNR to FP dB |", "|---|---|---|---|---|---|---|---|---|"]
+    for k, label in (("1", "1 process"), ("2", "2 ranks")):
+        r, ph = runs[k], runs[k]["phases"]
+        out.append(f"| {label} | {r['wall_seconds']:.1f} | {ph['capture']:.1f} | "
+                   f"{ph['fisher']:.1f} | {ph['step_losses']:.1f} | {ph['selection']:.1f} | "
+                   f"{r['mean_bits']:.3f} | {res['digiteval'][f'ranks{k}']:.3f} | "
+                   f"{res['psnr_to_fp'][f'ranks{k}']:.2f} |")
+    out += ["", f"Speedup of 2 ranks: {res['speedup']:.2f}× (wall time, process start to "
+            "artifact; on this machine the two ranks share the 2 cores the single process "
+            "uses with 2 threads, so the gain is what splitting the work saves over "
+            f"multi-threaded kernels, not a second device). Fisher scores differ by "
+            f"{res['fisher_max_rel_diff']:.1e} (largest, relative) and "
+            f"{100 * res['codes_differ']:.3f}% of the weight codes differ: each rank sums its "
+            "share of x xᵀ and the shares are added, another order of float32 additions than "
+            "one product over all rows, and a GPTQ rounding decision that sat within that "
+            "difference of its boundary flips; the search then compares candidates on those "
+            "weights and may keep another path of the same budget. On the "
+            f"{res['eval_prompts']} test prompts the DigitEval difference (2 ranks - 1 "
+            f"process) is {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] (paired, 95%).",
+            ""]
     return out
 
 
@@ -575,6 +615,7 @@ def main() -> int:
         sections += [table_section(model), outlier_section(BENCH / model)]
     sections += [massive_section(), demo_section(), sweeps_section(), rotation_section(),
                  step_damage_section(), selection_section(), cost_section(), memory_section(),
+                 distributed_section(),
                  gptq_section(),
                  search_section()]
     for section in sections:

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -89,10 +90,12 @@ def test_resumed_run_equals_an_uninterrupted_one(tiny_pipeline, tmp_path, monkey
     assert len(saved) == len(expected.layers)
     for path in saved[::2]:
         path.unlink()
+    stale = tmp_path / "ckpt" / "layers" / f".{saved[0].name}.k2x9.tmp.safetensors"
+    stale.write_bytes(b"half a file")  # what a kill during a write leaves
     monkeypatch.setattr(flow, "capture", lambda *a, **k: pytest.fail("captured again"))
     resumed = fresh_copy(tiny_pipeline)
     policy = quantize_(resumed, GPTQ, progress=False, checkpoint=tmp_path / "ckpt")
-    assert _without_timing(policy) == _without_timing(expected)
+    assert _without_timing(policy) == _without_timing(expected) and not stale.exists()
     _same_models(resumed.transformer, reference.transformer)
 
     with pytest.raises(CheckpointError, match="another run"):
@@ -111,19 +114,23 @@ def _cli(*args: str) -> list[str]:
 
 
 def _run_until(argv: list[str], done) -> bool:
-    """Runs ``argv`` and kills it with SIGKILL as soon as ``done()``; True if it was killed."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while proc.poll() is None:
-            if done():
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.002)
-        return False
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    """Runs ``argv`` and kills it with SIGKILL as soon as ``done()``; True if it was killed
+    (a run that ends first must have succeeded)."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        try:
+            while proc.poll() is None:
+                if done():
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    return True
+                time.sleep(0.002)
+            err.seek(0)
+            assert proc.returncode == 0, err.read()[-2000:]
+            return False
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 @pytest.mark.slow

@@ -225,10 +225,11 @@ def test_a_policy_cut_to_fewer_steps_is_refused_when_sampling(saved, tmp_path, m
 def test_save_writes_nothing_half_done(saved, tmp_path, monkeypatch):
     pipe, policy, _ = saved
 
-    def boom(*args, **kwargs):
+    def boom(tensors, path, floats=None):
+        path.write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(io, "save_file", boom)
+    monkeypatch.setattr(io, "write_tensors", boom)
     with pytest.raises(OSError):
         save(pipe, policy, tmp_path / "art")
     assert list(tmp_path.iterdir()) == []

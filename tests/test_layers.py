@@ -2,7 +2,8 @@
 
 Layers, lowest first (a module imports only from its own layer or a lower one):
 
-1. core: ``files``, ``strict``, ``config``, ``quant``, ``calib``, ``search``, ``methods``,
+1. core: ``files``, ``strict``, ``config``, ``distributed``, ``checkpoint``, ``quant``,
+   ``calib``, ``search``, ``methods``,
    ``policy``, ``io``
    and the protocols ``models.base``, ``models.sampling``, ``models.patches``;
 2. models: the adapters and pipeline families of diffusers classes;
@@ -20,7 +21,8 @@ import pytest
 SRC = Path(__file__).parents[1] / "src"
 CORE_MODELS = ("adatsq.models.base", "adatsq.models.sampling", "adatsq.models.patches")
 LAYERS = [
-    ("core", ("adatsq.files", "adatsq.strict", "adatsq.config", "adatsq.quant", "adatsq.calib",
+    ("core", ("adatsq.files", "adatsq.strict", "adatsq.config", "adatsq.distributed",
+              "adatsq.checkpoint", "adatsq.quant", "adatsq.calib",
               "adatsq.search", "adatsq.methods", "adatsq.policy", "adatsq.io", *CORE_MODELS)),
     ("models", ("adatsq.models",)),
     ("zoo", ("adatsq.zoo",)),

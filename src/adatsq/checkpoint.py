@@ -81,6 +81,9 @@ class Checkpoint:
                                       f"({_difference(kept.get('run'), run)}); rerun that "
                                       "command, or pass --overwrite to start this one over")
             log.info("resuming from %s", self.folder)
+            if writer:  # what a kill left half-written (atomic_path's hidden names)
+                for stale in [*self.folder.glob(".*.tmp*"), *self.folder.glob("layers/.*.tmp*")]:
+                    stale.unlink(missing_ok=True)
         elif writer:
             write_json({"format": FORMAT, "version": VERSION, "run": run}, marker)
 
@@ -168,7 +171,7 @@ class Checkpoint:
         """Every saved layer, rebuilt (:meth:`QuantLinear.from_state`) with 16-bit ``dtype``."""
         out = {}
         folder = self.folder / "layers"
-        for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        for path in sorted(folder.glob("[!.]*.safetensors")) if folder.is_dir() else []:
             tensors, meta = self._read(f"layers/{path.name}")
             bits = json.loads(meta["activation_bits"])
             out[path.name.removesuffix(".safetensors")] = QuantLinear.from_state(

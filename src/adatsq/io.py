@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from adatsq.files import atomic_dir, write_json
@@ -104,10 +103,8 @@ def save(model: nn.Module, policy: Policy, path: str | Path, source: dict[str, A
     dtype = storage_dtype(model)
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     layers = {name: q.layout() for name, q in quantized.items()}
-    tensors = {k: v.to(dtype) if v.is_floating_point() else v
-               for k, v in model.state_dict().items()}  # quantized layers' are in dtype already
     with atomic_dir(path, replace=True) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+        write_tensors(model.state_dict(), tmp / "model.safetensors", floats=dtype)
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, **source,
                     "storage_dtype": str(dtype).removeprefix("torch."), "layers": layers,
                     "sha256": _sha256(tmp / "model.safetensors")}
@@ -151,6 +148,40 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
            "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
            "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 """safetensors dtype names."""
+
+
+def write_tensors(tensors: dict[str, torch.Tensor], path: Path,
+                  floats: torch.dtype | None = None) -> None:
+    """Writes a safetensors file one tensor at a time (floats cast to ``floats`` as they are
+    written), so that no serialized copy of the model is ever held in memory.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "t.safetensors"
+        >>> write_tensors({"w": torch.ones(2, 3)}, path, floats=torch.bfloat16)
+        >>> from safetensors.torch import load_file
+        >>> load_file(str(path))["w"].dtype
+        torch.bfloat16
+    """
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+
+    def stored(t: torch.Tensor) -> torch.dtype:
+        return floats if floats is not None and t.is_floating_point() else t.dtype
+
+    header, offset = {}, 0
+    for key in sorted(tensors):
+        t = tensors[key]
+        nbytes = t.numel() * stored(t).itemsize
+        header[key] = {"dtype": names[stored(t)], "shape": list(t.shape),
+                       "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as fh:
+        fh.write(len(head).to_bytes(8, "little") + head)
+        for key in sorted(tensors):
+            t = tensors[key].detach().to("cpu", stored(tensors[key])).contiguous()
+            fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
 
 class _TensorFile:
@@ -285,13 +316,13 @@ def load_quantized(build: Callable[[], nn.Module], path: str | Path,
                                     "re-create it") from None
             set_module(skeleton, name, q)
         prefixes = tuple(f"{n}." for n in manifest["layers"])
-        keep = _float32_modules(skeleton)
+        keep = _float32_keys(skeleton)
         rest = {}
         for key in sorted(keys):
             if not key.startswith(prefixes):
                 t = read(key)
                 if t.is_floating_point():
-                    t = t.to(torch.float32 if key.startswith(keep) else dtype)
+                    t = t.to(torch.float32 if keep(key) else dtype)
                 rest[key] = t
     try:
         missing, unexpected = skeleton.load_state_dict(rest, strict=False, assign=True)
@@ -306,10 +337,38 @@ def load_quantized(build: Callable[[], nn.Module], path: str | Path,
     return skeleton.eval().requires_grad_(False), policy
 
 
-def _float32_modules(model: nn.Module) -> tuple[str, ...]:
-    """Prefixes of the modules a diffusers class keeps in float32 (``_keep_in_fp32_modules``)."""
-    keep = getattr(model, "_keep_in_fp32_modules", None) or []
-    return tuple(f"{n}." for n, _ in model.named_modules() if any(k in n.split(".") for k in keep))
+def load_weights_(skeleton: nn.Module, paths: list[Path], dtype: torch.dtype,
+                  device: str | torch.device = "cpu") -> nn.Module:
+    """Fills a skeleton built under :func:`empty_weights` with the tensors of safetensors files
+    (a diffusers folder's shards), read one at a time with plain reads and cast to ``dtype``
+    (modules the class keeps in float32 stay float32): one copy of the weights in memory, never
+    a memory map of the files besides it. Raises ``ValueError`` when the tensors do not fit."""
+    keep = _float32_keys(skeleton)
+    state = {}
+    for path in paths:
+        stored = _TensorFile(path)
+        with open(path, "rb") as fh:
+            for key in stored.keys():
+                t = stored.read(fh, key)
+                if t.is_floating_point():
+                    t = t.to(torch.float32 if keep(key) else dtype)
+                state[key] = t.to(device)
+    try:
+        missing, unexpected = skeleton.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as exc:
+        raise ValueError(f"the weights do not fit the model "
+                         f"({str(exc).strip().splitlines()[-1].strip()})") from None
+    if missing or unexpected:
+        raise ValueError(f"the weights do not fit the model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    return skeleton.to(device)  # buffers built at construction
+
+
+def _float32_keys(model: nn.Module) -> Callable[[str], bool]:
+    """Whether a state key is one a diffusers class keeps in float32 (``_keep_in_fp32_modules``
+    names modules or parameters, matched against the key's dotted parts, as diffusers does)."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    return lambda key: bool(keep.intersection(key.split(".")))
 
 
 def _storage_of(manifest: dict[str, Any], path: Path) -> torch.dtype:

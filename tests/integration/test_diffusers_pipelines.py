@@ -232,3 +232,22 @@ def test_an_artifact_is_checked_against_its_model_folder(folders, tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="holds a WanTransformer3DModel"):
         load(tmp_path / "art")
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_transformer_is_read_as_diffusers_loads_it(folders, name, dtype):
+    """Read tensor by tensor into a meta-device skeleton (one copy of the weights, no memory
+    map), the transformer equals diffusers' own loading bit for bit, in its dtype."""
+    import diffusers
+
+    cls_name = type(BUILDERS[name]().transformer).__name__
+    ours = pipelines.read_transformer(folders[name], cls_name, dtype, True)
+    theirs = getattr(diffusers, cls_name).from_pretrained(f"{folders[name]}/transformer",
+                                                          torch_dtype=dtype)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    assert not any(p.is_meta for p in ours.parameters())
+    assert not ours.training

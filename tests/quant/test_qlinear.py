@@ -129,3 +129,24 @@ def test_the_weight_cache_is_optional_and_exact():
     assert torch.equal(q(x), plain) and q._cached is not None
     cache_weights_(q, on=False)
     assert q._cached is None and torch.equal(q(x), plain)
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_large_uncached_weights_multiply_a_block_of_rows_at_a_time(bits, monkeypatch):
+    from adatsq.quant import qlinear
+
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 24, bias=True)
+    q = QuantLinear.from_linear(lin, WeightSpec(bits=bits, group_size=16), ActivationQuant(8),
+                                None)
+    x = torch.randn(5, 7, 64)
+    whole = q(x)
+    assert q._blocks() is None  # small: one product
+    monkeypatch.setattr(qlinear, "BLOCK", 256)  # now "large": blocks of 4 rows
+    assert q._blocks() == [(r, r + 4) for r in range(0, 24, 4)]
+    W = q.dequantized_weight()
+    for r0, r1 in q._blocks():  # each block unpacks only its own codes, exactly
+        assert torch.equal(q._weight_rows(r0, r1, torch.float32), W[r0:r1])
+    torch.testing.assert_close(q(x), whole, rtol=1e-6, atol=1e-6)
+    cache_weights_(q)  # the cache multiplies by the whole weight again
+    assert q._blocks() is None and torch.equal(q(x), whole)

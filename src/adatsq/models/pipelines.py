@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from adatsq import io
 from adatsq.models.base import Conditioning, adapter_for
 from adatsq.models.sampling import SamplingPipeline
 from adatsq.strict import check_keys
@@ -373,6 +374,38 @@ def _pipeline_class(model: str) -> tuple[str, str, bool]:
     return json.loads(Path(index).read_text()).get("_class_name", "?"), model, offline
 
 
+def read_transformer(resolved: str, model_class: str, dtype: torch.dtype,
+                     local_only: bool) -> nn.Module | None:
+    """The transformer of a pipeline folder or cached hub snapshot, read tensor by tensor into a
+    meta-device skeleton (:func:`adatsq.io.load_weights_`): diffusers' own loader maps the
+    files, and the pages it touches stay resident beside the copy it makes, up to two copies of
+    the weights. None where the transformer is not stored as safetensors (diffusers loads it).
+    """
+    import diffusers
+
+    if Path(resolved).is_dir():
+        folder = Path(resolved) / "transformer"
+    else:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(resolved, allow_patterns=["transformer/*"],
+                                            local_files_only=local_only)) / "transformer"
+        except Exception:  # the hub's errors have many types; diffusers reports them better
+            return None
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if index.is_file():  # shards
+        files = sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+    else:
+        files = [folder / "diffusion_pytorch_model.safetensors"]
+    cls = getattr(diffusers, model_class)
+    if not all(f.is_file() for f in files) or not (folder / "config.json").is_file():
+        return None
+    with io.empty_weights():
+        skeleton = cls.from_config(cls.load_config(folder))
+    return io.load_weights_(skeleton, files, dtype).eval().requires_grad_(False)
+
+
 def check_transformer(model: str, model_class: str, config: dict[str, Any]) -> None:
     """Raises ``ValueError`` naming the first difference when the transformer class or config
     (as an artifact's manifest records them) is not that of ``model``'s own transformer (the
@@ -459,6 +492,8 @@ def load_diffusers_pipeline(model: str, transformer: nn.Module | None = None,
     cuda = torch.cuda.is_available()
     dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
     kwargs: dict[str, Any] = {_dtype_keyword(): dtype}
+    if transformer is None:
+        transformer = read_transformer(resolved, family.transformer_class, dtype, local_only)
     if transformer is not None:
         kwargs["transformer"] = _cast(transformer, dtype)
     try:

@@ -132,9 +132,8 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gro
     rows = max(1, (1 << 22) // max(n_in, 1))
     for r in range(0, n_out, rows):
         c = codes[r:r + rows].to(compute).view(-1, n_in // group, group)
-        s = scale[r:r + rows, :, None].to(compute)
-        z = zero[r:r + rows, :, None].to(compute)
-        W[r:r + rows] = (s * (c - z)).view(-1, n_in)
+        c.sub_(zero[r:r + rows, :, None].to(compute)).mul_(scale[r:r + rows, :, None].to(compute))
+        W[r:r + rows] = c.view(-1, n_in)  # s (c - z), one temporary
     return W
 
 

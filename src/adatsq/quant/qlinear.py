@@ -124,6 +124,11 @@ def storage_dtype(dtype: torch.dtype) -> torch.dtype:
 
 OPTIONAL_TENSORS = ("bias", "smooth", "rotation_signs", "lowrank_down", "lowrank_up")
 """Tensors a quantized layer holds only when its method uses them."""
+BLOCK = 1 << 20
+"""Weights of more elements than this are never dequantized whole when uncached: the layer
+multiplies by blocks of about this many (output rows x inputs), so its temporaries stay near
+7 bytes per block element (codes, one float32 temporary, the 16-bit block: 7 MB) however wide
+the layer (Flux-Dev's largest holds 57 M weights)."""
 
 
 class QuantLinear(nn.Module):
@@ -135,7 +140,9 @@ class QuantLinear(nn.Module):
     ``bias``, smoothing factors, rotation signs and low-rank branch, every float in one 16-bit
     dtype (:func:`storage_dtype`). The weight is dequantized to the input's dtype at each call
     (``cache=True`` keeps it, trading memory for speed). :meth:`layout` and :meth:`from_state`
-    describe and rebuild a layer exactly, so saving and loading are bit-exact.
+    describe and rebuild a layer exactly, so saving and loading are bit-exact. The given tensors
+    are copied, unless ``adopt`` (then contiguous ones are kept as they are: :meth:`from_state`
+    takes tensors just read, and a second copy would double the memory a load needs).
     """
 
     def __init__(self, in_features: int, out_features: int, *, weight_bits: int,
@@ -146,7 +153,8 @@ class QuantLinear(nn.Module):
                  tracker: StepTracker | None = None, smooth: torch.Tensor | None = None,
                  rotate_input: bool = False, rotation_signs: torch.Tensor | None = None,
                  lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 dtype: torch.dtype = torch.float16, cache: bool = False):
+                 dtype: torch.dtype = torch.float16, cache: bool = False,
+                 adopt: bool = False):
         super().__init__()
         if dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"a QuantLinear stores floats in float16 or bfloat16, not {dtype}")
@@ -165,7 +173,8 @@ class QuantLinear(nn.Module):
             if tuple(t.shape) != shape:
                 raise ValueError(f"{what} of shape {tuple(t.shape)} does not match the layer "
                                  f"({in_features} -> {out_features}): {shape} expected")
-            return _own(t.to(dtype) if t.is_floating_point() else t)
+            t = t.to(dtype) if t.is_floating_point() else t
+            return t if adopt and t.is_contiguous() else _own(t)
 
         if weight_bits == FULL_PRECISION:
             if weight is None:
@@ -176,7 +185,10 @@ class QuantLinear(nn.Module):
                 raise ValueError("a quantized QuantLinear needs codes (or packed qweight), "
                                  "scale and zero")
             if codes is not None:
-                own(codes, (out_features, in_features), "codes")
+                if tuple(codes.shape) != (out_features, in_features):
+                    raise ValueError(f"codes of shape {tuple(codes.shape)} does not match the "
+                                     f"layer ({in_features} -> {out_features}): "
+                                     f"{(out_features, in_features)} expected")
                 qweight = pack_codes(codes, weight_bits)
             n = (out_features * in_features * weight_bits + 7) // 8
             if qweight.dtype != torch.uint8:
@@ -212,11 +224,18 @@ class QuantLinear(nn.Module):
         ``transforms`` such as ``smooth`` or ``rotate_input`` are given) unless a solver supplies
         ``codes``, ``scale`` and ``zero``. Floats are held in the 16-bit dtype of the linear's.
         """
-        W = (linear.weight if weight is None else weight).detach().float()  # (out, in)
+        W = (linear.weight if weight is None else weight).detach()  # (out, in)
         if weights.bits != FULL_PRECISION and codes is None:
+            # row blocks (parameters are per row): float32 temporaries of one block, not of
+            # the whole layer, which at Flux-Dev's width would be several times its size
             quantizer = weight_quantizer(weights)
-            scale, zero = quantizer.group_params(W)
-            codes = quantizer.codes(W, scale, zero)
+            rows = max(1, BLOCK // W.shape[1])
+            parts = []
+            for r in range(0, W.shape[0], rows):
+                Wb = W[r:r + rows].float()
+                s, z = quantizer.group_params(Wb)
+                parts.append((quantizer.codes(Wb, s, z).to(torch.uint8), s, z))
+            codes, scale, zero = (torch.cat(p) for p in zip(*parts))
         return cls(linear.in_features, linear.out_features, weight_bits=weights.bits, codes=codes,
                    scale=scale, zero=zero, weight=W if weights.bits == FULL_PRECISION else None,
                    bias=linear.bias, activation=activation, tracker=tracker,
@@ -240,7 +259,8 @@ class QuantLinear(nn.Module):
                    activation_bits: int | tuple[int, ...],
                    dtype: torch.dtype = torch.float16) -> QuantLinear:
         """The layer :meth:`layout` and ``state_dict()`` describe, with ``activation_bits`` (the
-        policy's). Raises ``ValueError`` naming a missing tensor or a shape that does not fit."""
+        policy's); it keeps ``tensors`` (no copy) where they are contiguous and in ``dtype``.
+        Raises ``ValueError`` naming a missing tensor or a shape that does not fit."""
         need = (["weight"] if layout["weight_bits"] == FULL_PRECISION else
                 ["qweight", "scale", "zero"]) + list(layout["tensors"])
         missing = [k for k in need if k not in tensors]
@@ -263,7 +283,8 @@ class QuantLinear(nn.Module):
             cls, activation = WeightOnlyLinear, ActivationQuant()
         return cls(layout["in_features"], layout["out_features"],
                    weight_bits=layout["weight_bits"], activation=activation,
-                   rotate_input=layout["rotate_input"], lowrank=lowrank, dtype=dtype, **extra)
+                   rotate_input=layout["rotate_input"], lowrank=lowrank, dtype=dtype,
+                   adopt=True, **extra)
 
     @property
     def codes(self) -> torch.Tensor:
@@ -286,6 +307,22 @@ class QuantLinear(nn.Module):
         if self.cache:
             self._cached = W
         return W
+
+    def _blocks(self) -> list[tuple[int, int]] | None:
+        """Row blocks of the output for an uncached, large packed weight (None: in one go)."""
+        n_out, n_in = self.out_features, self.in_features
+        if self.weight_bits == FULL_PRECISION or self.cache or n_out * n_in <= BLOCK or \
+                n_in % 8:  # rows start on whole bytes only when 8 codes fill whole bytes
+            return None
+        rows = max(1, BLOCK // n_in)
+        return [(r, min(r + rows, n_out)) for r in range(0, n_out, rows)]
+
+    def _weight_rows(self, r0: int, r1: int, dtype: torch.dtype) -> torch.Tensor:
+        """Rows ``r0:r1`` of the dequantized weight, unpacking only their codes."""
+        per_row = self.in_features * self.weight_bits // 8  # bytes (in_features % 8 == 0)
+        codes = unpack_codes(self.qweight[r0 * per_row:r1 * per_row], self.weight_bits,
+                             (r1 - r0, self.in_features))
+        return dequantize(codes, self.scale[r0:r1], self.zero[r0:r1], self.group_size, dtype)
 
     def _apply(self, fn, recurse=True):
         """Moves follow ``model.to(device)``; dtype casts do not touch the stored floats (they
@@ -320,8 +357,14 @@ class QuantLinear(nn.Module):
         bits = self.current_bits()
         xq = quantize_activation(x, bits, self.activation.granularity, self.activation.symmetric,
                                  self.activation.group_size)
-        y = nn.functional.linear(xq, self.dequantized_weight(x.dtype),
-                                 None if self.bias is None else self.bias.to(x.dtype))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self._blocks() is None:
+            y = nn.functional.linear(xq, self.dequantized_weight(x.dtype), bias)
+        else:  # output rows a block at a time: no dequantized copy of the whole weight
+            y = torch.empty(*xq.shape[:-1], self.out_features, dtype=x.dtype, device=x.device)
+            for r0, r1 in self._blocks():
+                y[..., r0:r1] = nn.functional.linear(xq, self._weight_rows(r0, r1, x.dtype),
+                                                     None if bias is None else bias[r0:r1])
         if self.lowrank_down is not None:
             y = y + (x @ self.lowrank_down.T.to(x.dtype)) @ self.lowrank_up.T.to(x.dtype)
         return y
