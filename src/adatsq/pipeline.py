@@ -171,7 +171,9 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
 
         def solve(k):
             q = method.quantize_layer(todo[k], layers[todo[k]], group_stats, tracker)
-            return q if ranks.world == 1 else (q.layout(), q.activation.bits, q.state_dict())
+            if ranks.world == 1:
+                return q
+            return q.layout(), q.activation.bits, {k: v.cpu() for k, v in q.state_dict().items()}
 
         def place(k, result):
             name = todo[k]
