@@ -1,13 +1,16 @@
 """Work split over ranks: shares partition the items, ``map_items`` resumes and returns every
-result in order, and two gloo processes under torchrun produce the single process's artifact up
-to float summation order."""
+result in order, two gloo processes under torchrun produce the single process's artifact up to
+float summation order, and a killed two-rank run resumes to the identical artifact."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +87,44 @@ def test_adatsq_search_split_over_two_ranks(tmp_path):
         assert len(s["search"]["candidate_losses"]) == 6
         assert len(s["search"]["selection_scores"]) == len(s["search"]["tried"]["paths"])
         assert s["search"]["mean_bits"] <= s["search"]["budget"] + 1e-9
+
+
+def _kill_all(marker: str) -> None:
+    """SIGKILL every process whose command line holds ``marker`` (torchrun and its ranks: the
+    ranks run in sessions of their own)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(
+                    errors="replace"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+@pytest.mark.slow
+def test_a_killed_two_rank_run_resumes_to_the_identical_artifact(tmp_path):
+    options = ["--method", "adatsq", "--options", ADATSQ]
+    _quantize(tmp_path / "reference", *options, ranks=2)
+    out = tmp_path / "out"
+    scored = out / "checkpoint" / "results-step_losses.json"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node=2", "-m", "adatsq.cli", "quantize", *QUICK, *options,
+                "--out", str(out)]
+    proc = subprocess.Popen(launcher, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if scored.is_file() and len(json.loads(scored.read_text())) >= 2:
+            _kill_all(str(out))
+            break
+        time.sleep(0.002)
+    proc.wait(timeout=60)
+    assert not (out / "manifest.json").exists(), "the run ended before it could be killed"
+    done = _quantize(out, *options, ranks=2)
+    assert "resumed from its checkpoint" in done.stdout
+    assert (out / "model.safetensors").read_bytes() == \
+        (tmp_path / "reference" / "model.safetensors").read_bytes()
+    policies = [json.loads((d / "policy.json").read_text()) for d in (tmp_path / "reference", out)]
+    for p in policies:
+        del p["settings"]["seconds"], p["settings"]["phases"]
+    assert policies[0] == policies[1]

@@ -117,7 +117,7 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
         ckpt = Checkpoint(checkpoint, {"model": pipeline.name, "recipe": recipe.to_dict()},
                           writer=ranks.main)
         ranks.barrier()  # run.json exists before any rank reads the folder
-    method.checkpoint = ckpt
+    method.checkpoint, method.progress = ckpt, progress
     dtype = io.storage_dtype(model)
     restored = ckpt.layers(dtype) if ckpt is not None else {}
     groups = [list(layers)]

@@ -70,12 +70,13 @@ def test_fisher_guided_gptq_lowers_the_weighted_error(calibrated, fisher):
 
 
 @pytest.mark.parametrize("bits", [3, 4])
-def test_adatsq_meets_the_budget_with_dynamic_bits(calibrated, bits):
+def test_adatsq_meets_the_budget_with_dynamic_bits(calibrated, bits, capsys):
     pipe = fresh_copy(calibrated[0])
     _, stats = calibrated
     recipe = Recipe(method="adatsq", weights=WeightSpec(bits=bits),
                     activations=ActivationSpec(bits=bits), options=SMALL)
     policy = quantize_(pipe, recipe, progress=False, stats=stats)
+    assert capsys.readouterr().err == ""  # progress=False: no bar of any phase
     m = policy.bit_matrix()
     assert set(np.unique(m)) <= {3, 4, 8}
     assert policy.average_activation_bits <= bits + 0.1 + 1e-9

@@ -105,7 +105,8 @@ class AdaTSQ(Method):
                 with self._phase("fisher"):
                     stats.derived[key] = fisher_information(pipeline, prompts, steps=stats.steps,
                                                             seed=seed, sigmas=stats.sigmas,
-                                                            target=o.fisher_target)
+                                                            target=o.fisher_target,
+                                                            progress=self.progress)
             self.fisher = stats.derived[key]
             if self.fisher.layers != list(adapter.quantizable_layers(model)):
                 raise ValueError("the Fisher scores were computed for other layers than this "

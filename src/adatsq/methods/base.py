@@ -46,6 +46,8 @@ class Method(ABC):
     streams: ClassVar[bool] = True
     #: the run's :class:`~adatsq.checkpoint.Checkpoint` (set by the driver; None: not resumable)
     checkpoint: Checkpoint | None = None
+    #: whether long phases show a bar (set by the driver from ``quantize_(progress=...)``)
+    progress: bool = True
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -73,8 +75,7 @@ class Method(ABC):
                        tracker: StepTracker) -> QuantLinear:
         """The quantized replacement of ``linear``."""
 
-    def map_items(self, name: str, n: int, compute, desc: str = "",
-                  progress: bool = True) -> list:
+    def map_items(self, name: str, n: int, compute, desc: str = "") -> list:
         """``[compute(i) for i in range(n)]`` over the ranks of a distributed run
         (:func:`adatsq.distributed.map_items`), resuming from and saving to the run's checkpoint
         under ``name`` (results must be JSON values)."""
@@ -83,7 +84,7 @@ class Method(ABC):
             done = self.checkpoint.results(name)
             save = lambda i, value: self.checkpoint.save_result(name, i, value)  # noqa: E731
         return distributed.map_items(n, compute, done=done, on_result=save,
-                                     desc=desc or name, progress=progress)
+                                     desc=desc or name, progress=self.progress)
 
     def finalize(self, pipeline, stats: CalibrationStats | None, tracker: StepTracker,
                  layers: dict[str, QuantLinear], policy: Policy) -> Policy:
