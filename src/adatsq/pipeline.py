@@ -169,32 +169,32 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
             group_stats = stats_of(group, i)
             stats.absorb(group_stats)
 
+        def install(name, q):
+            quantized[name] = q
+            if len(groups) == 1:  # in place at once: one copy of the weights at a time
+                set_module(model, name, q)
+                layers[name] = None
+
         def solve(k):
             q = method.quantize_layer(todo[k], layers[todo[k]], group_stats, tracker)
             if ranks.world == 1:
                 return q
-            return q.layout(), q.activation.bits, {k: v.cpu() for k, v in q.state_dict().items()}
+            return q.layout(), q.activation.bits, {key: t.cpu()
+                                                   for key, t in q.state_dict().items()}
 
         def place(k, result):
-            name = todo[k]
             if ranks.world > 1:  # a layer another rank solved (this rank's own too: one path)
                 layout, bits, state = result
                 result = QuantLinear.from_state(layout, state, bits, dtype).to(device)
                 result.tracker = tracker
-            quantized[name] = result
             if ckpt is not None:
-                ckpt.save_layer(name, result)
-            if len(groups) == 1:  # in place at once: one copy of the weights at a time
-                set_module(model, name, result)
-                layers[name] = None
+                ckpt.save_layer(todo[k], result)
+            install(todo[k], result)
 
         for name in group:
             if name in restored:
-                quantized[name] = restored[name].to(device)
-                quantized[name].tracker = tracker
-                if len(groups) == 1:
-                    set_module(model, name, quantized[name])
-                    layers[name] = None
+                restored[name].tracker = tracker
+                install(name, restored[name].to(device))
         distributed.map_items(len(todo), solve, on_result=place,
                               desc=f"{recipe.method} {recipe.label}", progress=progress)
         if ckpt is not None and len(groups) > 1:  # solved: the Hessians are no longer needed
