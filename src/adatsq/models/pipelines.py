@@ -375,11 +375,12 @@ def _pipeline_class(model: str) -> tuple[str, str, bool]:
 
 
 def read_transformer(resolved: str, model_class: str, dtype: torch.dtype,
-                     local_only: bool) -> nn.Module | None:
+                     local_only: bool, device: str = "cpu") -> nn.Module | None:
     """The transformer of a pipeline folder or cached hub snapshot, read tensor by tensor into a
     meta-device skeleton (:func:`adatsq.io.load_weights_`): diffusers' own loader maps the
     files, and the pages it touches stay resident beside the copy it makes, up to two copies of
-    the weights. None where the transformer is not stored as safetensors (diffusers loads it).
+    the weights. Tensors go to ``device`` one at a time. None where the transformer is not
+    stored as safetensors (diffusers loads it).
     """
     import diffusers
 
@@ -403,7 +404,7 @@ def read_transformer(resolved: str, model_class: str, dtype: torch.dtype,
         return None
     with io.empty_weights():
         skeleton = cls.from_config(cls.load_config(folder))
-    return io.load_weights_(skeleton, files, dtype).eval().requires_grad_(False)
+    return io.load_weights_(skeleton, files, dtype, device).eval().requires_grad_(False)
 
 
 def check_transformer(model: str, model_class: str, config: dict[str, Any]) -> None:
@@ -493,7 +494,8 @@ def load_diffusers_pipeline(model: str, transformer: nn.Module | None = None,
     dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
     kwargs: dict[str, Any] = {_dtype_keyword(): dtype}
     if transformer is None:
-        transformer = read_transformer(resolved, family.transformer_class, dtype, local_only)
+        transformer = read_transformer(resolved, family.transformer_class, dtype, local_only,
+                                       "cuda" if cuda else "cpu")
     if transformer is not None:
         kwargs["transformer"] = _cast(transformer, dtype)
     try:
