@@ -177,7 +177,8 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Packs integer codes in ``[0, 2^bits)`` densely into uint8 (``ceil(n * bits / 8)`` bytes).
 
     Code ``i`` occupies bits ``[i * bits, (i + 1) * bits)`` of the little-endian byte stream, so
-    every 8 codes fill ``bits`` whole bytes (two 4-bit codes per byte). On the codes' device.
+    every 8 codes fill ``bits`` whole bytes (two 4-bit codes per byte). On the codes' device;
+    other widths than 2, 4 and 8 go through 64-bit words a million codes at a time.
     """
     check_bits(bits)
     flat = codes.reshape(-1)
@@ -190,12 +191,20 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         padded[:n] = flat.to(torch.uint8)
         shifts = torch.arange(per, device=flat.device, dtype=torch.uint8) * bits
         return (padded.view(-1, per) << shifts).sum(1, dtype=torch.uint8)
-    groups = torch.zeros((n + 7) // 8 * 8, dtype=torch.int64, device=flat.device)
-    groups[:n] = flat.to(torch.int64)
+    out = torch.empty((n + 7) // 8 * bits, dtype=torch.uint8, device=flat.device)
     shifts = torch.arange(8, device=flat.device) * bits
-    words = (groups.view(-1, 8) << shifts).sum(1)  # 8 codes -> one (8 * bits)-bit word
-    data = (words[:, None] >> (torch.arange(bits, device=flat.device) * 8)) & 0xFF
-    return data.to(torch.uint8).reshape(-1)[: (n * bits + 7) // 8]
+    shifts_out = torch.arange(bits, device=flat.device) * 8
+    chunk = 1 << 17  # groups of 8 codes (one word each) per pass: small int64 temporaries
+    groups = (n + 7) // 8
+    for g0 in range(0, groups, chunk):
+        g1 = min(groups, g0 + chunk)
+        part = torch.zeros((g1 - g0) * 8, dtype=torch.int64, device=flat.device)
+        codes = flat[g0 * 8:g1 * 8]
+        part[:codes.numel()] = codes.to(torch.int64)
+        words = (part.view(-1, 8) << shifts).sum(1)  # 8 codes -> one (8 * bits)-bit word
+        out[g0 * bits:g1 * bits] = ((words[:, None] >> shifts_out) & 0xFF).reshape(-1).to(
+            torch.uint8)
+    return out[: (n * bits + 7) // 8]
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Tensor:
