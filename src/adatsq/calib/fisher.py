@@ -19,6 +19,7 @@ sample), the squared gradient of ``<u, v(x_t)>``, which does not depend on the t
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,7 +99,9 @@ def effective_steps(alpha: np.ndarray) -> np.ndarray:
 def fisher_information(pipeline, prompts: list[str], steps: int | None = None, seed: int = 0,
                        micro_batch: int = 1, progress: bool = True,
                        sigmas: torch.Tensor | None = None,
-                       target: str = "velocity") -> FisherResult:
+                       target: str = "velocity", done: dict[int, list[float]] | None = None,
+                       on_step: Callable[[int, list[float]], None] | None = None
+                       ) -> FisherResult:
     """Eq. 1 for every quantizable layer of ``pipeline.transformer`` at every sampling step.
 
     Args:
@@ -112,6 +115,9 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
         sigmas: noise levels (T,) of the sampling steps (default: the pipeline sampler's).
         target: ``"velocity"`` (Eq. 1: the training loss against ``eps - x0``) or ``"output"``
             (the target-free output sensitivity; see the module docstring).
+        done: the scores (L,) of steps an interrupted run finished, by step: kept, not computed
+            again (their random numbers are still drawn, so later steps get the same ones).
+        on_step: called with each newly computed step and its scores (L,) (a checkpoint).
     """
     if not prompts:
         raise ValueError("Fisher estimation needs at least one calibration prompt")
@@ -124,6 +130,13 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
     # a distributed run splits the micro-batches over the ranks, each drawing every random
     # number a single process draws (same noise per sample) and using its own share
     ranks = distributed.current()
+    done = dict(done or {})
+    sig = sigma_schedule(steps) if sigmas is None else torch.as_tensor(sigmas).float()  # (T,)
+    if len(sig) != steps:
+        raise ValueError(f"{len(sig)} noise levels given for {steps} steps")
+    if all(t in done for t in range(steps)):  # resumed after the last step
+        scores = np.array([done[t] for t in range(steps)]).T  # (L, T)
+        return FisherResult(names, scores, sig.numpy())
     B = len(prompts)
     mine = ranks.share(-(-B // micro_batch))  # micro-batch indices
     lo, hi = mine.start * micro_batch, min(mine.stop * micro_batch, B)
@@ -133,9 +146,6 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
     images = pipeline.generate(prompts[lo:hi], seed=seed, steps=steps, first=lo)
     x0 = pipeline.to_latents(images)  # (b, N, C): this rank's share
     cond = pipeline.encode(prompts[lo:hi])
-    sig = sigma_schedule(steps) if sigmas is None else torch.as_tensor(sigmas).float()  # (T,)
-    if len(sig) != steps:
-        raise ValueError(f"{len(sig)} noise levels given for {steps} steps")
     shape = x0.shape[1:]  # (N, C)
     gen = torch.Generator().manual_seed(seed + 7)
     scores = np.zeros((len(names), steps))
@@ -156,7 +166,7 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
                     j = min(i + micro_batch, B)
                     u = torch.randn((j - i, *shape), generator=gen) if target == "output" \
                         else None
-                    if not lo <= i < hi:
+                    if t in done or not lo <= i < hi:
                         continue
                     x = x0[i - lo:j - lo]
                     e = eps[i:j].to(x.device, x.dtype)
@@ -170,12 +180,18 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
                     grads = torch.autograd.grad(loss, weights)
                     for li, g in enumerate(grads):
                         scores[li, t] += float(g.double().square().sum()) * (j - i) ** 2 / B
+                if t in done:
+                    scores[:, t] = done[t]
+                    continue
+                column = torch.from_numpy(scores[:, t].copy())
+                scores[:, t] = ranks.sum_(column).numpy()  # (L,) over the ranks' shares
+                if on_step is not None:
+                    on_step(t, scores[:, t].tolist())
     finally:
         for w, req in zip(weights, previous):
             w.requires_grad_(req)
         for p in frozen:
             p.requires_grad_(True)
-    ranks.sum_(torch.from_numpy(scores))  # in place
     if not np.isfinite(scores).all():
         raise ValueError("the Fisher scores are not finite; check the model and the prompts")
     log.info("fisher: %d layers x %d steps", len(names), steps)

@@ -102,11 +102,15 @@ class AdaTSQ(Method):
             key = ("fisher", o.fisher_prompts, seed, stats.steps, o.fisher_target)
             if key not in stats.derived:
                 prompts = pipeline.calibration_prompts(o.fisher_prompts, seed)
+                done, save = {}, None
+                if self.checkpoint is not None:  # resumable step by step
+                    name = f"fisher_{_digest(list(key))}"
+                    done = self.checkpoint.results(name)
+                    save = lambda t, column: self.checkpoint.save_result(name, t, column)  # noqa: E731
                 with self._phase("fisher"):
-                    stats.derived[key] = fisher_information(pipeline, prompts, steps=stats.steps,
-                                                            seed=seed, sigmas=stats.sigmas,
-                                                            target=o.fisher_target,
-                                                            progress=self.progress)
+                    stats.derived[key] = fisher_information(
+                        pipeline, prompts, steps=stats.steps, seed=seed, sigmas=stats.sigmas,
+                        target=o.fisher_target, progress=self.progress, done=done, on_step=save)
             self.fisher = stats.derived[key]
             if self.fisher.layers != list(adapter.quantizable_layers(model)):
                 raise ValueError("the Fisher scores were computed for other layers than this "
