@@ -3,9 +3,9 @@ same values (every random number still drawn), and a finished run samples nothin
 
 import numpy as np
 import pytest
+from tests.conftest import PROMPTS
 
 from adatsq.calib.fisher import fisher_information
-from tests.conftest import PROMPTS
 
 
 @pytest.mark.parametrize("target", ["velocity", "output"])
