@@ -128,3 +128,39 @@ def test_a_killed_two_rank_run_resumes_to_the_identical_artifact(tmp_path):
     for p in policies:
         del p["settings"]["seconds"], p["settings"]["phases"]
     assert policies[0] == policies[1]
+
+
+def _two_rank_errors(rank: int, store: str, out: str) -> None:
+    """A rank of the test below: records what each collective helper raised on this rank."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    seen = {}
+
+    def compute(i):
+        if i == 3:  # rank 1's item of the second round
+            raise KeyError("boom")
+        return i
+
+    for name, call in (("map", lambda: map_items(4, compute, progress=False)),
+                       ("agree", lambda: current().agree(rank, "test values"))):
+        try:
+            call()
+            seen[name] = "returned"
+        except Exception as exc:  # noqa: BLE001 - recorded for the test to check
+            seen[name] = f"{type(exc).__name__}: {exc}"
+    dist.destroy_process_group()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank(tmp_path):
+    """A rank that fails inside ``map_items`` (or sees other checkpoint contents) makes every
+    rank raise, instead of leaving the others waiting in a collective forever."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_rank_errors, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2,
+             join=True)
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen[1]["map"] == "KeyError: 'boom'"  # its own error where it happened
+    assert seen[0]["map"] == "ValueError: rank 1 failed: KeyError: 'boom'"
+    assert all("ranks see different test values" in s["agree"] for s in seen)

@@ -23,16 +23,16 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from adatsq.calib.capture import CalibrationStats
 from adatsq.calib.fisher import FisherResult
 from adatsq.files import atomic_path, write_json
+from adatsq.io import ArtifactError, read_tensors, write_tensors
 from adatsq.quant.qlinear import QuantLinear
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,8 @@ class Checkpoint:
                 for stale in [*self.folder.glob(".*.tmp*"), *self.folder.glob("layers/.*.tmp*")]:
                     stale.unlink(missing_ok=True)
         elif writer:
+            if self.folder.is_dir():  # content without run.json: a kill before it was written
+                shutil.rmtree(self.folder)
             write_json({"format": FORMAT, "version": VERSION, "run": run}, marker)
 
     # -- calibration statistics ----------------------------------------------------------------
@@ -167,8 +169,8 @@ class Checkpoint:
                     "activation_bits": json.dumps(layer.activation.bits)}
             self._write(f"layers/{name}.safetensors", layer.state_dict(), meta)
 
-    def layers(self, dtype: torch.dtype) -> dict[str, QuantLinear]:
-        """Every saved layer, rebuilt (:meth:`QuantLinear.from_state`) with 16-bit ``dtype``."""
+    def layers(self) -> dict[str, QuantLinear]:
+        """Every saved layer, rebuilt (:meth:`QuantLinear.from_state`) in its stored dtype."""
         out = {}
         folder = self.folder / "layers"
         for path in sorted(folder.glob("[!.]*.safetensors")) if folder.is_dir() else []:
@@ -176,7 +178,7 @@ class Checkpoint:
             bits = json.loads(meta["activation_bits"])
             out[path.name.removesuffix(".safetensors")] = QuantLinear.from_state(
                 json.loads(meta["layout"]), tensors,
-                tuple(bits) if isinstance(bits, list) else bits, dtype)
+                tuple(bits) if isinstance(bits, list) else bits, dtype=None)
         return out
 
     # -- finished items of later loops ---------------------------------------------------------
@@ -201,22 +203,25 @@ class Checkpoint:
 
     # -- files ---------------------------------------------------------------------------------
     def _write(self, name: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+        # where each tensor lived, so that a resumed run holds it there again
+        devices = {k: v.device.type for k, v in tensors.items() if v.device.type != "cpu"}
         with atomic_path(self.folder / name, suffix=".safetensors") as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                      metadata=meta)
+            write_tensors(tensors, tmp, metadata={**meta, "devices": json.dumps(devices)})
 
     def _read(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
         path = self.folder / name
         if not path.is_file():
             return None
         try:
-            with open(path, "rb") as fh:
-                size = int.from_bytes(fh.read(8), "little")
-                meta = json.loads(fh.read(size)).get("__metadata__", {})
-            return load_file(str(path)), meta
-        except (SafetensorError, OSError, ValueError):
+            tensors, meta = read_tensors(path)
+            devices = json.loads(meta.get("devices", "{}"))
+        except (ArtifactError, OSError, ValueError):
             raise CheckpointError(f"{path} is corrupt; remove {self.folder} (or pass "
                                   "--overwrite) to start over") from None
+        for key, device in devices.items():
+            if device == "cuda" and torch.cuda.is_available():
+                tensors[key] = tensors[key].to("cuda")
+        return tensors, meta
 
 
 def _difference(kept: Any, run: dict[str, Any]) -> str:

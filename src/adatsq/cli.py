@@ -124,7 +124,7 @@ def cmd_quantize(args) -> int:
     recipe = _recipe(args)
     pipe = load_pipeline(args.model, **_settings(args, "height", "width", "frames",
                                                  "calibration_file"))
-    if resume and args.overwrite and ranks.main:  # start over
+    if args.overwrite and checkpoint.is_dir() and ranks.main:  # start over
         shutil.rmtree(checkpoint)
     ranks.barrier()
     policy = quantize_(pipe, recipe, checkpoint=checkpoint)

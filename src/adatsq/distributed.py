@@ -88,6 +88,14 @@ class Ranks:
         dist.broadcast_object_list(box, src=src, device=_device())
         return box[0]
 
+    def agree(self, value: Any, what: str) -> None:
+        """Raises ``ValueError`` on every rank when ``value`` (small, picklable) differs between
+        ranks: what each read of a checkpoint found, which must be the same everywhere."""
+        values = self.gather(value)
+        if any(v != values[0] for v in values):
+            raise ValueError(f"the ranks see different {what}; put --out on a file system "
+                             "every node shares")
+
     def barrier(self) -> None:
         """Waits for every rank (a file rank 0 wrote is then visible to all)."""
         if self.world > 1:
@@ -135,7 +143,8 @@ def map_items(n: int, compute: Callable[[int], Any], done: dict[int, Any] | None
     Items not in ``done`` (results of an earlier, interrupted run) are computed in rounds: in
     each round every rank computes one item and all ranks receive every result, then call
     ``on_result(i, result)`` for each in order (to place it, or to checkpoint it). Every rank
-    returns the full list. Results must be picklable; ``compute`` must not use collectives.
+    returns the full list. Results must be picklable; ``compute`` must not use collectives. An
+    error on one rank is raised on every rank (its own where it happened).
 
     Example:
         >>> map_items(3, lambda i: i * i, done={1: 1}, progress=False)
@@ -149,8 +158,19 @@ def map_items(n: int, compute: Callable[[int], Any], done: dict[int, Any] | None
     for start in range(0, len(todo), ranks.world):
         round_items = todo[start:start + ranks.world]
         mine = round_items[ranks.rank] if ranks.rank < len(round_items) else None
-        value = compute(mine) if mine is not None else None
-        for i, result in zip(round_items, ranks.gather(value)):
+        try:
+            value = (True, compute(mine) if mine is not None else None)
+        except Exception as exc:  # every rank must leave the round, or the others wait forever
+            if ranks.world == 1:
+                raise
+            value, error = (False, f"{type(exc).__name__}: {exc}"), exc
+        gathered = ranks.gather(value)
+        failed = [(r, v) for r, (ok, v) in enumerate(gathered) if not ok]
+        if failed:
+            if not value[0]:
+                raise error
+            raise ValueError(f"rank {failed[0][0]} failed: {failed[0][1]}")
+        for i, (_, result) in zip(round_items, gathered):
             results[i] = result
             if on_result is not None:
                 on_result(i, result)

@@ -151,9 +151,11 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 
 
 def write_tensors(tensors: dict[str, torch.Tensor], path: Path,
-                  floats: torch.dtype | None = None) -> None:
+                  floats: torch.dtype | None = None,
+                  metadata: dict[str, str] | None = None) -> None:
     """Writes a safetensors file one tensor at a time (floats cast to ``floats`` as they are
-    written), so that no serialized copy of the model is ever held in memory.
+    written), so that no serialized copy of the model is ever held in memory; ``metadata``
+    goes in the header (strings).
 
     Example:
         >>> import tempfile
@@ -175,6 +177,8 @@ def write_tensors(tensors: dict[str, torch.Tensor], path: Path,
         header[key] = {"dtype": names[stored(t)], "shape": list(t.shape),
                        "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
+    if metadata:
+        header = {"__metadata__": dict(metadata), **header}
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
     with open(path, "wb") as fh:
@@ -182,6 +186,14 @@ def write_tensors(tensors: dict[str, torch.Tensor], path: Path,
         for key in sorted(tensors):
             t = tensors[key].detach().to("cpu", stored(tensors[key])).contiguous()
             fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a safetensors file (plain reads, no memory map) and its metadata; raises
+    :class:`ArtifactError` on a corrupt or truncated file."""
+    stored = _TensorFile(path)
+    with open(path, "rb") as fh:
+        return {key: stored.read(fh, key) for key in stored.keys()}, stored.metadata
 
 
 class _TensorFile:
@@ -201,7 +213,7 @@ class _TensorFile:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise ArtifactError(f"{path} has a corrupt header; re-create the "
                                     "artifact") from None
-        header.pop("__metadata__", None)
+        self.metadata = header.pop("__metadata__", None) or {}
         self.start = 8 + n
         self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
         for key, e in header.items():

@@ -7,6 +7,7 @@ finalisation (e.g. AdaTSQ's search) -> a :class:`~adatsq.policy.Policy` describi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -112,18 +113,20 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
         if param.is_floating_point() and not torch.isfinite(param).all():
             raise ValueError(f"non-finite values (NaN or Inf) in the weights {name}; check the "
                              "model checkpoint")
+    calib = recipe.calibration
+    prompts = pipeline.calibration_prompts(calib.num_prompts, calib.seed)
     ckpt = None
     if checkpoint is not None:
-        ckpt = Checkpoint(checkpoint, {"model": pipeline.name, "recipe": recipe.to_dict()},
-                          writer=ranks.main)
+        run = {"model": pipeline.name, "recipe": recipe.to_dict(),
+               "sampling": pipeline.source().get("sampling"),
+               "calibration_prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
+        ckpt = Checkpoint(checkpoint, run, writer=ranks.main)
         ranks.barrier()  # run.json exists before any rank reads the folder
     method.checkpoint, method.progress = ckpt, progress
-    dtype = io.storage_dtype(model)
-    restored = ckpt.layers(dtype) if ckpt is not None else {}
+    restored = ckpt.layers() if ckpt is not None else {}
+    ranks.agree(sorted(restored), "solved layers in the checkpoint")
     groups = [list(layers)]
     if method.capture is not None and stats is None:
-        calib = recipe.calibration
-        prompts = pipeline.calibration_prompts(calib.num_prompts, calib.seed)
         groups = layer_groups(layers, steps, method.capture, calib.memory_gb)
         if len(groups) > 1 and not method.streams:
             need = memory_estimate(layers, steps, method.capture) / 2**30
@@ -133,6 +136,7 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
 
         def stats_of(group, i):
             saved = ckpt.stats(i) if ckpt is not None else None
+            ranks.agree(saved is None, f"calibration statistics of group {i} in the checkpoint")
             if saved is not None:
                 return saved
             if len(groups) > 1:
@@ -152,7 +156,9 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
     tracker = StepTracker(pipeline.schedule(steps))
     t1 = time.time()
     if ckpt is not None and stats is not None:
-        stats.derived.update(ckpt.derived())
+        saved = ckpt.derived()
+        ranks.agree(sorted(map(repr, saved)), "derived results in the checkpoint")
+        stats.derived.update(saved)
         known = set(stats.derived)
     method.prepare(pipeline, stats)
     if ckpt is not None and stats is not None and set(stats.derived) != known:
@@ -185,7 +191,7 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
         def place(k, result):
             if ranks.world > 1:  # a layer another rank solved (this rank's own too: one path)
                 layout, bits, state = result
-                result = QuantLinear.from_state(layout, state, bits, dtype).to(device)
+                result = QuantLinear.from_state(layout, state, bits, dtype=None).to(device)
                 result.tracker = tracker
             if ckpt is not None:
                 ckpt.save_layer(todo[k], result)

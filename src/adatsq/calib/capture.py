@@ -193,7 +193,9 @@ def capture(pipeline, prompts: list[str], seed: int = 0, steps: int | None = Non
             stats.minmax[name][:, 0], stats.minmax[name][:, 1] = ranks.min_(lo), ranks.max_(hi)
             if name in stats.hessian:
                 ranks.sum_(stats.hessian[name])
-        stats.latents = torch.cat(ranks.gather(stats.latents), dim=1)  # (T, B, N, C)
+        # through the CPU: a pickled GPU tensor comes back on the sending rank's device
+        device = stats.latents.device
+        stats.latents = torch.cat(ranks.gather(stats.latents.cpu()), dim=1).to(device)
     stats.sigmas = torch.tensor(step_sigmas)
     stats.cond = pipeline.encode(prompts)
     log.info("captured %d layers x %d steps (%.1f MB)", len(layers), T, stats.nbytes() / 1e6)

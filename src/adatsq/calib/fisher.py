@@ -131,6 +131,7 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
     # number a single process draws (same noise per sample) and using its own share
     ranks = distributed.current()
     done = dict(done or {})
+    ranks.agree(sorted(done), "finished Fisher steps in the checkpoint")
     sig = sigma_schedule(steps) if sigmas is None else torch.as_tensor(sigmas).float()  # (T,)
     if len(sig) != steps:
         raise ValueError(f"{len(sig)} noise levels given for {steps} steps")
@@ -138,11 +139,11 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
         scores = np.array([done[t] for t in range(steps)]).T  # (L, T)
         return FisherResult(names, scores, sig.numpy())
     B = len(prompts)
-    mine = ranks.share(-(-B // micro_batch))  # micro-batch indices
-    lo, hi = mine.start * micro_batch, min(mine.stop * micro_batch, B)
-    if hi <= lo:
+    if -(-B // micro_batch) < ranks.world:  # the same answer on every rank
         raise ValueError(f"{B} Fisher prompts in micro-batches of {micro_batch} cannot be shared "
                          f"by {ranks.world} ranks; use more prompts")
+    mine = ranks.share(-(-B // micro_batch))  # micro-batch indices
+    lo, hi = mine.start * micro_batch, min(mine.stop * micro_batch, B)
     images = pipeline.generate(prompts[lo:hi], seed=seed, steps=steps, first=lo)
     x0 = pipeline.to_latents(images)  # (b, N, C): this rank's share
     cond = pipeline.encode(prompts[lo:hi])

@@ -82,6 +82,8 @@ class Method(ABC):
         done, save = {}, None
         if self.checkpoint is not None:
             done = self.checkpoint.results(name)
+            distributed.current().agree(sorted(done), f"finished {desc or name} in the "
+                                        "checkpoint")
             save = lambda i, value: self.checkpoint.save_result(name, i, value)  # noqa: E731
         return distributed.map_items(n, compute, done=done, on_result=save,
                                      desc=desc or name, progress=self.progress)

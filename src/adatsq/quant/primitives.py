@@ -131,7 +131,7 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gro
     W = torch.empty(n_out, n_in, dtype=dtype or compute, device=codes.device)
     rows = max(1, (1 << 22) // max(n_in, 1))
     for r in range(0, n_out, rows):
-        c = codes[r:r + rows].to(compute).view(-1, n_in // group, group)
+        c = codes[r:r + rows].to(compute, copy=True).view(-1, n_in // group, group)
         c.sub_(zero[r:r + rows, :, None].to(compute)).mul_(scale[r:r + rows, :, None].to(compute))
         W[r:r + rows] = c.view(-1, n_in)  # s (c - z), one temporary
     return W

@@ -257,16 +257,19 @@ class QuantLinear(nn.Module):
     @classmethod
     def from_state(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor],
                    activation_bits: int | tuple[int, ...],
-                   dtype: torch.dtype = torch.float16) -> QuantLinear:
+                   dtype: torch.dtype | None = torch.float16) -> QuantLinear:
         """The layer :meth:`layout` and ``state_dict()`` describe, with ``activation_bits`` (the
-        policy's); it keeps ``tensors`` (no copy) where they are contiguous and in ``dtype``.
-        Raises ``ValueError`` naming a missing tensor or a shape that does not fit."""
+        policy's); it keeps ``tensors`` (no copy) where they are contiguous and in ``dtype``
+        (None: the dtype its stored floats have). Raises ``ValueError`` naming a missing tensor
+        or a shape that does not fit."""
         need = (["weight"] if layout["weight_bits"] == FULL_PRECISION else
                 ["qweight", "scale", "zero"]) + list(layout["tensors"])
         missing = [k for k in need if k not in tensors]
         if missing:
             raise ValueError(f"tensor {missing[0]} is missing")
         extra = {k: tensors[k] for k in need}
+        if dtype is None:
+            dtype = extra["weight" if layout["weight_bits"] == FULL_PRECISION else "scale"].dtype
         if layout["weight_bits"] != FULL_PRECISION:
             shape = (layout["out_features"], layout["in_features"] // layout["group_size"])
             for key in ("scale", "zero"):
