@@ -21,6 +21,7 @@ same artifact. The folder holds no artifact: the CLI keeps it under the output d
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import logging
 import shutil
@@ -222,6 +223,16 @@ class Checkpoint:
             if device == "cuda" and torch.cuda.is_available():
                 tensors[key] = tensors[key].to("cuda")
         return tensors, meta
+
+
+def digest(value: Any) -> str:
+    """A short hash of a JSON value: names a checkpointed loop by its inputs.
+
+    Example:
+        >>> digest([1, 2]) == digest([1, 2]) != digest([2, 1])
+        True
+    """
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:12]
 
 
 def _difference(kept: Any, run: dict[str, Any]) -> str:

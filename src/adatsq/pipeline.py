@@ -7,7 +7,6 @@ finalisation (e.g. AdaTSQ's search) -> a :class:`~adatsq.policy.Policy` describi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -20,7 +19,7 @@ from torch import nn
 
 from adatsq import distributed, io
 from adatsq.calib.capture import CaptureConfig, capture, memory_estimate
-from adatsq.checkpoint import Checkpoint
+from adatsq.checkpoint import Checkpoint, digest
 from adatsq.config import Recipe
 from adatsq.eval.fidelity import psnr_per_image
 from adatsq.eval.tasks import task_for
@@ -114,12 +113,13 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
             raise ValueError(f"non-finite values (NaN or Inf) in the weights {name}; check the "
                              "model checkpoint")
     calib = recipe.calibration
-    prompts = pipeline.calibration_prompts(calib.num_prompts, calib.seed)
+    prompts = None  # drawn only where needed (a checkpoint's identity, a capture)
     ckpt = None
     if checkpoint is not None:
+        prompts = pipeline.calibration_prompts(calib.num_prompts, calib.seed)
         run = {"model": pipeline.name, "recipe": recipe.to_dict(),
                "sampling": pipeline.source().get("sampling"),
-               "calibration_prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
+               "calibration_prompts": digest(prompts)}
         ckpt = Checkpoint(checkpoint, run, writer=ranks.main)
         ranks.barrier()  # run.json exists before any rank reads the folder
     method.checkpoint, method.progress = ckpt, progress
@@ -127,6 +127,7 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
     ranks.agree(sorted(restored), "solved layers in the checkpoint")
     groups = [list(layers)]
     if method.capture is not None and stats is None:
+        prompts = prompts or pipeline.calibration_prompts(calib.num_prompts, calib.seed)
         groups = layer_groups(layers, steps, method.capture, calib.memory_gb)
         if len(groups) > 1 and not method.streams:
             need = memory_estimate(layers, steps, method.capture) / 2**30

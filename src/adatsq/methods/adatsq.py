@@ -31,8 +31,6 @@ naive rotation" baseline of the paper's Table 3.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from contextlib import contextmanager
@@ -46,6 +44,7 @@ from adatsq.calib.fisher import (
     fisher_information,
     temporal_weights,
 )
+from adatsq.checkpoint import digest
 from adatsq.methods.base import Method, register, rotated_layer
 from adatsq.models.sampling import guidance_batch, guided_velocity
 from adatsq.quant.lowrank import proportional_rank
@@ -102,11 +101,7 @@ class AdaTSQ(Method):
             key = ("fisher", o.fisher_prompts, seed, stats.steps, o.fisher_target)
             if key not in stats.derived:
                 prompts = pipeline.calibration_prompts(o.fisher_prompts, seed)
-                done, save = {}, None
-                if self.checkpoint is not None:  # resumable step by step
-                    name = f"fisher_{_digest(list(key))}"
-                    done = self.checkpoint.results(name)
-                    save = lambda t, column: self.checkpoint.save_result(name, t, column)  # noqa: E731
+                done, save = self.resumable(f"fisher_{digest(list(key))}", "Fisher steps")
                 with self._phase("fisher"):
                     stats.derived[key] = fisher_information(
                         pipeline, prompts, steps=stats.steps, seed=seed, sigmas=stats.sigmas,
@@ -284,14 +279,9 @@ class AdaTSQ(Method):
             return [np.asarray(metric, dtype=np.float64).tolist(), fidelity.tolist()]
 
         # the paths are part of the key: a resumed run whose search found others starts over
-        name = f"selection_{_digest([p.tolist() for p in paths])}"
+        name = f"selection_{digest([p.tolist() for p in paths])}"
         return [(np.asarray(m, dtype=np.float64), np.asarray(f, dtype=np.float64))
                 for m, f in self.map_items(name, len(paths), score, "selection")]
-
-
-def _digest(value) -> str:
-    """A short hash of a JSON value (names a checkpointed loop by its inputs)."""
-    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:12]
 
 
 def step_weights(sigmas, exponents) -> np.ndarray:

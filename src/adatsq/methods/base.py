@@ -8,6 +8,7 @@ never see model classes, only layers, their names and statistics.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -75,16 +76,21 @@ class Method(ABC):
                        tracker: StepTracker) -> QuantLinear:
         """The quantized replacement of ``linear``."""
 
+    def resumable(self, name: str, what: str) -> tuple[dict, Callable | None]:
+        """``(done, save)`` of loop ``name`` in the run's checkpoint: the items an interrupted
+        run finished (the same on every rank, else ``ValueError``) and ``save(i, value)`` for
+        new ones (JSON values); ``({}, None)`` without a checkpoint."""
+        if self.checkpoint is None:
+            return {}, None
+        done = self.checkpoint.results(name)
+        distributed.current().agree(sorted(done), f"finished {what} in the checkpoint")
+        return done, lambda i, value: self.checkpoint.save_result(name, i, value)
+
     def map_items(self, name: str, n: int, compute, desc: str = "") -> list:
         """``[compute(i) for i in range(n)]`` over the ranks of a distributed run
         (:func:`adatsq.distributed.map_items`), resuming from and saving to the run's checkpoint
-        under ``name`` (results must be JSON values)."""
-        done, save = {}, None
-        if self.checkpoint is not None:
-            done = self.checkpoint.results(name)
-            distributed.current().agree(sorted(done), f"finished {desc or name} in the "
-                                        "checkpoint")
-            save = lambda i, value: self.checkpoint.save_result(name, i, value)  # noqa: E731
+        under ``name`` (:meth:`resumable`)."""
+        done, save = self.resumable(name, desc or name)
         return distributed.map_items(n, compute, done=done, on_result=save,
                                      desc=desc or name, progress=self.progress)
 

@@ -361,11 +361,12 @@ class QuantLinear(nn.Module):
         xq = quantize_activation(x, bits, self.activation.granularity, self.activation.symmetric,
                                  self.activation.group_size)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        if self._blocks() is None:
+        blocks = self._blocks()
+        if blocks is None:
             y = nn.functional.linear(xq, self.dequantized_weight(x.dtype), bias)
         else:  # output rows a block at a time: no dequantized copy of the whole weight
             y = torch.empty(*xq.shape[:-1], self.out_features, dtype=x.dtype, device=x.device)
-            for r0, r1 in self._blocks():
+            for r0, r1 in blocks:
                 y[..., r0:r1] = nn.functional.linear(xq, self._weight_rows(r0, r1, x.dtype),
                                                      None if bias is None else bias[r0:r1])
         if self.lowrank_down is not None:
