@@ -64,7 +64,7 @@ def main() -> int:
         recipe = Recipe(method="adatsq", weights=WeightSpec(bits=args.bits),
                         activations=ActivationSpec(bits=args.bits),
                         options={"pareto": False, **options})
-        policy = quantize_(q, recipe, progress=False, stats=stats)
+        policy = quantize_(q, recipe, progress=False, stats=stats, execution="simulated")
         images = q.generate(prompts, seed=VALIDATION_SEED)
         psnr = task.fidelity_per_sample(images, fp)["psnr"]
         score = task.score(images, specs)

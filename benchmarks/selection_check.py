@@ -58,7 +58,8 @@ def main() -> int:
     test = task.evaluation_set(args.size)
     fp = pipe.generate(test.prompts, seed=SEED)
     policy = quantize_(pipe, Recipe(method="adatsq", weights=WeightSpec(bits=w),
-                                    activations=ActivationSpec(bits=a)), progress=True)
+                                    activations=ActivationSpec(bits=a)), progress=True,
+                       execution="simulated")
     search = policy.settings["search"]
     rows = []
     for i, bits in enumerate(tried["bits"]):

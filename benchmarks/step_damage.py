@@ -75,7 +75,7 @@ def main() -> int:
     recipe = Recipe(method="adatsq", weights=WeightSpec(bits=16),
                     activations=ActivationSpec(bits=args.bits),
                     options={"pareto": False, "calib": "none"})
-    policy = quantize_(pipe, recipe, progress=False)
+    policy = quantize_(pipe, recipe, progress=False, execution="simulated")
     T, A, FP = pipe.default_steps, args.bits, 16
     _set_bits(policy, pipe.transformer, FP)
     fp_latents, sigmas, fp_images = _trajectory(pipe, prompts)

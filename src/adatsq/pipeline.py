@@ -28,11 +28,13 @@ from adatsq.methods import get_method
 from adatsq.models.pipelines import check_transformer, load_diffusers_pipeline
 from adatsq.policy import LayerPolicy, Policy
 from adatsq.quant.qlinear import (
+    EXECUTIONS,
     ActivationQuant,
     QuantLinear,
     StepTracker,
     WeightOnlyLinear,
     cache_weights_,
+    set_execution_,
     set_module,
 )
 from adatsq.zoo import registry
@@ -72,7 +74,8 @@ def attach_tracker(model: nn.Module, adapter, schedule) -> StepTracker:
 
 
 def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
-              metric=None, checkpoint: str | Path | None = None) -> Policy:
+              metric=None, checkpoint: str | Path | None = None,
+              execution: str = "integer") -> Policy:
     """Quantizes ``pipeline.transformer`` in place with ``recipe``; returns the policy.
 
     Args:
@@ -84,6 +87,10 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
         checkpoint: a folder to keep the run's progress in (:mod:`adatsq.checkpoint`); a run
             killed part way and started again with the same folder, model and recipe resumes
             from it and returns the same result.
+        execution: how the quantized layers compute afterwards: ``"integer"`` (int8 matrix
+            multiplies wherever the method maps onto them) or ``"simulated"`` (the float
+            reference, for research; :func:`adatsq.quant.qlinear.set_execution_`). A search
+            (AdaTSQ's) always samples on the simulated reference.
 
     In a ``torchrun`` process group (:mod:`adatsq.distributed`) every rank calls this: the
     calibration prompts, the layers to solve and AdaTSQ's search are split over the ranks, and
@@ -95,6 +102,8 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
         >>> policy.average_activation_bits
         4.0
     """
+    if execution not in EXECUTIONS:
+        raise ValueError(f"unknown execution {execution!r}; use one of {', '.join(EXECUTIONS)}")
     t0 = time.time()
     ranks = distributed.current()
     progress = progress and ranks.main
@@ -224,11 +233,13 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
                              for n, q in quantized.items()},
                      recipe=recipe.to_dict())
     t1 = time.time()
+    set_execution_(model, "simulated")  # the reference the search's numbers are defined on
     cache_weights_(model)  # a search samples many times with the same weights
     try:
         policy = method.finalize(pipeline, stats, tracker, quantized, nominal)
     finally:
         cache_weights_(model, on=False)
+        set_execution_(model, execution)
     phases["finalize"] = time.time() - t1
     phases.update(getattr(method, "phases", {}))
     policy = replace(policy, settings={"granularity": method.granularity(),

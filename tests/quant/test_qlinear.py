@@ -119,16 +119,18 @@ def test_dtype_casts_keep_the_stored_floats_and_compute_follows_the_input():
     assert q.scale.dtype == torch.float16
 
 
-def test_the_weight_cache_is_optional_and_exact():
+@pytest.mark.parametrize("execution, kept", [("simulated", "_cached"), ("integer", "_operand")])
+def test_the_weight_cache_is_optional_and_exact(execution, kept):
     lin = _linear()
     q = QuantLinear.from_linear(lin, WeightSpec(bits=4), ActivationQuant(4), None)
+    q.execution = execution
     x = torch.randn(2, 32)
     plain = q(x)
-    assert q._cached is None  # off by default: nothing of the weight's size is kept
+    assert getattr(q, kept) is None  # off by default: nothing of the weight's size is kept
     cache_weights_(q)
-    assert torch.equal(q(x), plain) and q._cached is not None
+    assert torch.equal(q(x), plain) and getattr(q, kept) is not None
     cache_weights_(q, on=False)
-    assert q._cached is None and torch.equal(q(x), plain)
+    assert getattr(q, kept) is None and torch.equal(q(x), plain)
 
 
 @pytest.mark.parametrize("bits", [3, 4, 8])

@@ -8,10 +8,10 @@ width of 16 means "not quantized" everywhere in the package.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 FULL_PRECISION = 16
@@ -28,12 +28,14 @@ def check_bits(bits: int | float, what: str = "bit width") -> int:
 
 def qparams(xmin: torch.Tensor, xmax: torch.Tensor, bits: int,
             symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and integer zero point for ranges ``[xmin, xmax]`` (any broadcastable shape)."""
+    """Scale and integer zero point for ranges ``[xmin, xmax]`` (any broadcastable shape);
+    ``bits`` is an int or an integer 0-d tensor (a width chosen per step inside a compiled
+    graph)."""
     maxq = 2**bits - 1
     if symmetric:
         amax = torch.maximum(xmin.abs(), xmax.abs())
         scale = 2 * amax / maxq
-        zero = torch.full_like(scale, float(2 ** (bits - 1)))
+        zero = torch.zeros_like(scale) + 2 ** (bits - 1)  # bits may be a 0-d tensor
     else:
         xmin = torch.minimum(xmin, torch.zeros_like(xmin))
         xmax = torch.maximum(xmax, torch.zeros_like(xmax))
@@ -45,7 +47,10 @@ def qparams(xmin: torch.Tensor, xmax: torch.Tensor, bits: int,
 
 def quantize_codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                    bits: int) -> torch.Tensor:
-    """Integer codes ``clamp(round(x / scale) + zero, 0, 2^b - 1)`` (float dtype)."""
+    """Integer codes ``clamp(round(x / scale) + zero, 0, 2^b - 1)`` (float dtype; ``bits`` an int
+    or a 0-d tensor)."""
+    if isinstance(bits, torch.Tensor):
+        return torch.minimum((torch.round(x / scale) + zero).clamp_(min=0), 2**bits - 1)
     return torch.clamp(torch.round(x / scale) + zero, 0, 2**bits - 1)
 
 
@@ -150,7 +155,7 @@ def quantize_activation(x: torch.Tensor, bits: int, granularity: str = "token",
             ``group_size`` channels, dynamic), or ``"sample"`` (one range per sample, dynamic).
         symmetric: symmetric ranges instead of MinMax with a zero point.
     """
-    if bits == FULL_PRECISION:
+    if isinstance(bits, int) and bits == FULL_PRECISION:
         return x
     if granularity == "token":
         lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
@@ -213,7 +218,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> tor
     2-, 4- and 8-bit codes are split with byte operations; other widths go through 64-bit words
     a million codes at a time, so the temporary memory stays small beside the codes.
     """
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     need = (n * bits + 7) // 8
     if packed.numel() != need:
         raise ValueError(f"packed buffer has {packed.numel()} bytes, {need} expected for "

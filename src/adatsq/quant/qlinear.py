@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adatsq.quant import integer
 from adatsq.quant.primitives import (
     FULL_PRECISION,
     WeightQuantizer,
@@ -45,6 +46,8 @@ class StepTracker:
     def __init__(self, schedule: torch.Tensor):
         self.schedule = torch.as_tensor(schedule, dtype=torch.float64).flatten()
         self.index: int | None = None
+        self.step: torch.Tensor | None = None
+        """The step index as a 0-d tensor, inside a compiled graph (else None)."""
         self.off_schedule: float | None = None
         """The timestep of the current call when it lies on no step of the schedule."""
         s = self.schedule
@@ -57,8 +60,16 @@ class StepTracker:
         floor = s.abs().max() / 256 if len(s) else 0.0
         self.tolerance = torch.maximum(near / 10, torch.as_tensor(floor, dtype=torch.float64))
 
-    def update(self, timestep: torch.Tensor | float) -> int:
+    def update(self, timestep: torch.Tensor | float) -> int | torch.Tensor:
+        if torch.compiler.is_compiling():
+            # inside a compiled graph the step stays a tensor: no host sync, no graph break (a
+            # call off the schedule then takes the nearest step instead of being refused)
+            t = torch.as_tensor(timestep).flatten()[0].to(torch.float64)
+            self.step = torch.argmin((self.schedule.to(t.device) - t).abs())
+            self.index = self.off_schedule = None
+            return self.step
         t = float(torch.as_tensor(timestep).flatten()[0])
+        self.step = None
         distance = (self.schedule - t).abs()
         self.index = int(torch.argmin(distance))
         on = bool(distance[self.index] <= self.tolerance[self.index])
@@ -122,8 +133,16 @@ def storage_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
 
 
+EXECUTIONS = ("integer", "simulated")
+"""How a quantized layer computes: int8 matrix multiplies where its quantization maps onto them
+(:mod:`adatsq.quant.integer`), else, or when asked, the simulated reference (dequantized weights,
+fake-quantized activations, a float matrix multiply)."""
+
 OPTIONAL_TENSORS = ("bias", "smooth", "rotation_signs", "lowrank_down", "lowrank_up")
 """Tensors a quantized layer holds only when its method uses them."""
+OPERAND_BLOCK = 1 << 23
+"""Weights of an uncached integer layer unpacked to int8 at once: row blocks of about 8 M (8 MB;
+a whole layer up to Flux-Dev's 3072 x 3072 attention projections)."""
 BLOCK = 1 << 20
 """Weights of more elements than this are never dequantized whole when uncached: the layer
 multiplies by blocks of about this many (output rows x inputs), so its temporaries stay near
@@ -154,7 +173,7 @@ class QuantLinear(nn.Module):
                  rotate_input: bool = False, rotation_signs: torch.Tensor | None = None,
                  lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
                  dtype: torch.dtype = torch.float16, cache: bool = False,
-                 adopt: bool = False):
+                 adopt: bool = False, execution: str = "integer"):
         super().__init__()
         if dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"a QuantLinear stores floats in float16 or bfloat16, not {dtype}")
@@ -166,6 +185,9 @@ class QuantLinear(nn.Module):
         self.cache = cache
         self.storage_dtype = dtype
         self._cached: torch.Tensor | None = None
+        self._operand: torch.Tensor | None = None
+        self._factors: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.execution = execution
 
         def own(t: torch.Tensor | None, shape: tuple[int, ...], what: str) -> torch.Tensor | None:
             if t is None:
@@ -212,6 +234,28 @@ class QuantLinear(nn.Module):
                        own(lowrank[1], (out_features, rank), "low-rank up"))
         self.register_buffer("lowrank_down", None if lowrank is None else lowrank[0])
         self.register_buffer("lowrank_up", None if lowrank is None else lowrank[1])
+        self._beta = self._weight_centre_offset()
+
+    @property
+    def execution(self) -> str:
+        """``"integer"`` (int8 matrix multiplies where the layer maps onto them) or
+        ``"simulated"`` (the float reference); see :data:`EXECUTIONS`."""
+        return self._execution
+
+    @execution.setter
+    def execution(self, mode: str) -> None:
+        if mode not in EXECUTIONS:
+            raise ValueError(f"unknown execution {mode!r}; use one of {', '.join(EXECUTIONS)}")
+        self._execution = mode
+        self._operand = None
+
+    def _weight_centre_offset(self) -> torch.Tensor | None:
+        """``2^(b-1) - zero`` per output row (int32) for per-row integer weights whose zero
+        points are not all the centre (None for symmetric weights, or no integer path)."""
+        if self.weight_bits == FULL_PRECISION or self.zero.shape[1] != 1 or self.zero.is_meta:
+            return None
+        beta = (2 ** (self.weight_bits - 1) - self.zero[:, 0].float()).to(torch.int32)
+        return beta if bool(beta.any()) else None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, weights, activation: ActivationQuant,
@@ -330,12 +374,14 @@ class QuantLinear(nn.Module):
     def _apply(self, fn, recurse=True):
         """Moves follow ``model.to(device)``; dtype casts do not touch the stored floats (they
         define the quantized layer; the compute dtype follows the input)."""
-        self._cached = None
+        self._cached = self._operand = None
+        self._factors = {}
         anchor = self.weight if self.weight_bits == FULL_PRECISION else self.qweight
         device = fn(torch.zeros(1, dtype=self.storage_dtype, device=anchor.device)).device
         for name, buf in self._buffers.items():
             if buf is not None:
                 self._buffers[name] = buf.to(device)
+        self._beta = self._weight_centre_offset()
         return self
 
     # -- compute ----------------------------------------------------------------------------
@@ -348,16 +394,42 @@ class QuantLinear(nn.Module):
             x = rotate(x, None if self.rotation_signs is None else self.rotation_signs.to(x.dtype))
         return x
 
-    def current_bits(self) -> int:
-        if self.tracker is None:
+    def current_bits(self) -> int | torch.Tensor:
+        """The activation bits of the current call: an int, or inside a compiled graph, for
+        per-step bits, a 0-d tensor looked up from the tracker's step."""
+        if self.tracker is None or isinstance(self.activation.bits, int):
             return self.activation.bits_at(None)
-        if not isinstance(self.activation.bits, int):
-            self.tracker.check()
+        if self.tracker.step is not None:
+            table = torch.tensor(self.activation.bits, device=self.tracker.step.device)
+            return table.index_select(0, self.tracker.step.view(1)).view(())
+        self.tracker.check()
         return self.activation.bits_at(self.tracker.index)
 
+    def runs_integer(self, bits: int | torch.Tensor, x: torch.Tensor | None = None) -> bool:
+        """Whether a call at ``bits`` activation bits (on input ``x``) takes the integer path
+        (a 0-d tensor stands for any of the layer's per-step widths but 16)."""
+        return (self._execution == "integer"
+                and (isinstance(bits, torch.Tensor) or bits != FULL_PRECISION)
+                and self.weight_bits != FULL_PRECISION and self.scale.shape[1] == 1
+                and self.activation.granularity in integer.INTEGER_GRANULARITIES
+                and integer.supports(self.weight_bits, self.in_features)
+                and (x is None or x.device.type != "cuda" or _cuda_int_mm_fits(x, self)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.transform_input(x)
         bits = self.current_bits()
+        if isinstance(bits, torch.Tensor) and FULL_PRECISION in self.activation.bits:
+            # a compiled graph with a 16-bit step among quantized ones: both, chosen in-graph
+            return torch.cond(bits == FULL_PRECISION, self._forward_at_16,
+                              self._forward_quantized, (x, bits))
+        return self._forward_quantized(x, bits)
+
+    def _forward_at_16(self, x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+        return self._forward_quantized(x, FULL_PRECISION)
+
+    def _forward_quantized(self, x: torch.Tensor, bits: int | torch.Tensor) -> torch.Tensor:
+        if self.runs_integer(bits, x):
+            return self._integer_forward(x, bits)
+        x = self.transform_input(x) if self._execution == "simulated" else self._fast_transform(x)
         xq = quantize_activation(x, bits, self.activation.granularity, self.activation.symmetric,
                                  self.activation.group_size)
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -369,9 +441,66 @@ class QuantLinear(nn.Module):
             for r0, r1 in blocks:
                 y[..., r0:r1] = nn.functional.linear(xq, self._weight_rows(r0, r1, x.dtype),
                                                      None if bias is None else bias[r0:r1])
+        return self._add_lowrank(y, x)
+
+    def _add_lowrank(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y`` plus the 16-bit low-rank branch of the transformed input ``x`` (if any)."""
         if self.lowrank_down is not None:
             y = y + (x @ self.lowrank_down.T.to(x.dtype)) @ self.lowrank_up.T.to(x.dtype)
         return y
+
+    # -- integer execution ------------------------------------------------------------------
+
+    def _fast_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`transform_input` with the rotation as two matrix multiplies
+        (:func:`adatsq.quant.integer.rotate_factored`): the same map, other float rounding."""
+        if self.smooth is not None:
+            x = x / self.smooth.to(x.dtype)
+        if self.rotate_input:
+            if self.rotation_signs is not None:
+                x = x * self.rotation_signs.to(x.dtype)
+            factors = self._factors.get(x.dtype)
+            if factors is None:
+                factors = integer.hadamard_factors(self.in_features, x.dtype, x.device)
+                self._factors[x.dtype] = factors
+            x = integer.rotate_factored(x, *factors)
+        return x
+
+    def _operand_rows(self, r0: int, r1: int) -> torch.Tensor:
+        """The int8 weight operand of output rows ``r0:r1``: with ``cache``, the whole operand
+        in the natural column order, kept; else unpacked now in the packed column order."""
+        if self.cache:
+            if self._operand is None:
+                B = integer.weight_operand(self.qweight, self.weight_bits, self.out_features,
+                                           self.in_features)
+                order = integer.column_order(self.in_features, self.weight_bits)
+                self._operand = B[:, torch.argsort(order).to(B.device)].contiguous()
+            return self._operand[r0:r1]
+        per_row = self.in_features * self.weight_bits // 8
+        return integer.weight_operand(self.qweight[r0 * per_row:r1 * per_row], self.weight_bits,
+                                      r1 - r0, self.in_features)
+
+    def _integer_forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        xt = self._fast_transform(x)
+        eight = None if isinstance(bits, int) else 8 in self.activation.bits
+        A, x_scale, alpha = integer.activation_operand(
+            xt, bits, self.activation.granularity, self.activation.symmetric,
+            8 if self.cache else self.weight_bits, eight)
+        n_out = self.out_features
+        rows = n_out if self.cache else max(1, min(n_out, OPERAND_BLOCK // self.in_features))
+        w_scale, beta, bias = self.scale[:, 0], self._beta, self.bias
+        if rows >= n_out or torch.compiler.is_compiling():
+            Y = integer.int_matmul(A, self._operand_rows(0, n_out), alpha, beta)
+            y = integer.rescale(Y, x_scale, w_scale, bias, x.dtype)
+        else:  # output rows a block at a time: one block's int8 operand at once
+            y = torch.empty(A.shape[0], n_out, dtype=x.dtype, device=x.device)
+            for r0 in range(0, n_out, rows):
+                r1 = min(r0 + rows, n_out)
+                Y = integer.int_matmul(A, self._operand_rows(r0, r1), alpha,
+                                       None if beta is None else beta[r0:r1])
+                integer.rescale(Y, x_scale, w_scale[r0:r1],
+                                None if bias is None else bias[r0:r1], x.dtype, out=y[:, r0:r1])
+        return self._add_lowrank(y.view(*x.shape[:-1], n_out), xt)
 
     def extra_repr(self) -> str:
         bits = self.activation.bits if isinstance(self.activation.bits, int) else 'per-step'
@@ -382,18 +511,36 @@ class QuantLinear(nn.Module):
                 f"smooth={self.smooth is not None}, lowrank={self.lowrank_down is not None}")
 
 
+def _cuda_int_mm_fits(x: torch.Tensor, layer: QuantLinear) -> bool:
+    """cuBLASLt's int8 GEMM needs more than 16 rows and widths that are multiples of 8."""
+    return x.numel() // x.shape[-1] > 16 and layer.in_features % 8 == 0 and \
+        layer.out_features % 8 == 0
+
+
 class WeightOnlyLinear(QuantLinear):
     """A layer with quantized weights and 16-bit activations outside any policy (the timestep
     modulation, :attr:`adatsq.config.WeightSpec.modulation`)."""
 
 
 def cache_weights_(model: nn.Module, on: bool = True) -> nn.Module:
-    """Turns the dequantized-weight cache of every quantized layer of ``model`` on (faster
-    sampling, about 4 bytes more per weight) or off (the cache is freed)."""
+    """Turns the weight cache of every quantized layer of ``model`` on (faster sampling: the
+    int8 operand, 1 byte more per weight, on the integer path; the dequantized weight, 4 bytes
+    more, on the simulated one) or off (the cache is freed)."""
     for m in model.modules():
         if isinstance(m, QuantLinear):
             m.cache = on
-            m._cached = None
+            m._cached = m._operand = None
+            if on and m.runs_integer(8):  # built now, outside any compiled graph
+                m._operand_rows(0, 0)
+    return model
+
+
+def set_execution_(model: nn.Module, execution: str) -> nn.Module:
+    """Sets how every quantized layer of ``model`` computes (:data:`EXECUTIONS`): ``"integer"``
+    (the default) or ``"simulated"`` (the float reference the methods are defined by)."""
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.execution = execution
     return model
 
 

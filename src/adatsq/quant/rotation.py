@@ -128,7 +128,8 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     src = x.reshape(-1, n).contiguous()  # (N, n)
     if n == 1:
         return src.clone().reshape(x.shape)
-    if torch.is_grad_enabled() and x.requires_grad:  # out= kernels below are not differentiable
+    if torch.is_grad_enabled() and x.requires_grad or torch.compiler.is_compiling():
+        # out= kernels below are neither differentiable nor traceable
         h = 1
         while h < n:
             s = src.view(-1, n // (2 * h), 2, h)
