@@ -181,8 +181,10 @@ class SamplingPipeline(ABC):
         return self.transformer.dtype
 
     def null_conditioning(self) -> Conditioning:
-        """The conditioning of the empty prompt (computed once)."""
-        if getattr(self, "_null", None) is None:
+        """The conditioning of the empty prompt (computed once per transformer dtype)."""
+        null = getattr(self, "_null", None)
+        if null is None or any(v.is_floating_point() and v.dtype != self.dtype
+                               for v in null.values()):
             self._null = self.encode([""])
         return self._null
 

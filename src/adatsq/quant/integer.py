@@ -174,10 +174,12 @@ def int_matmul(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor | None = No
 def rescale(Y: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
             bias: torch.Tensor | None, dtype: torch.dtype,
             out: torch.Tensor | None = None) -> torch.Tensor:
-    """``Y * x_scale * w_scale + bias`` in float32, returned in ``dtype`` (into ``out``)."""
-    y = torch.mul(Y, w_scale.float())  # (N, rows) float32
-    y = torch.mul(y, x_scale.float(), out=y) if bias is None else \
-        torch.addcmul(bias.float(), y, x_scale.float())
+    """``Y * x_scale * w_scale + bias`` computed in ``dtype`` or float32, whichever is wider,
+    and returned in ``dtype`` (written into ``out`` if given)."""
+    compute = torch.promote_types(dtype, torch.float32)
+    y = torch.mul(Y, w_scale.to(compute))  # (N, rows)
+    y = torch.mul(y, x_scale.to(compute), out=y) if bias is None else \
+        torch.addcmul(bias.to(compute), y, x_scale.to(compute))
     if out is not None:
         return out.copy_(y)
     return y.to(dtype)

@@ -186,7 +186,7 @@ class QuantLinear(nn.Module):
         self.storage_dtype = dtype
         self._cached: torch.Tensor | None = None
         self._operand: torch.Tensor | None = None
-        self._factors: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._factors = integer.hadamard_factors(in_features) if rotate_input else None
         self.execution = execution
 
         def own(t: torch.Tensor | None, shape: tuple[int, ...], what: str) -> torch.Tensor | None:
@@ -375,12 +375,13 @@ class QuantLinear(nn.Module):
         """Moves follow ``model.to(device)``; dtype casts do not touch the stored floats (they
         define the quantized layer; the compute dtype follows the input)."""
         self._cached = self._operand = None
-        self._factors = {}
         anchor = self.weight if self.weight_bits == FULL_PRECISION else self.qweight
         device = fn(torch.zeros(1, dtype=self.storage_dtype, device=anchor.device)).device
         for name, buf in self._buffers.items():
             if buf is not None:
                 self._buffers[name] = buf.to(device)
+        if self._factors is not None:
+            self._factors = tuple(f.to(device) for f in self._factors)
         self._beta = self._weight_centre_offset()
         return self
 
@@ -459,11 +460,7 @@ class QuantLinear(nn.Module):
         if self.rotate_input:
             if self.rotation_signs is not None:
                 x = x * self.rotation_signs.to(x.dtype)
-            factors = self._factors.get(x.dtype)
-            if factors is None:
-                factors = integer.hadamard_factors(self.in_features, x.dtype, x.device)
-                self._factors[x.dtype] = factors
-            x = integer.rotate_factored(x, *factors)
+            x = integer.rotate_factored(x, *(f.to(x.dtype) for f in self._factors))
         return x
 
     def _operand_rows(self, r0: int, r1: int) -> torch.Tensor:

@@ -59,7 +59,8 @@ class DigitPipeline(SamplingPipeline):
         return float(self.entry.guidance_scale if guidance_scale is None else guidance_scale)
 
     def encode(self, prompts: list[str]) -> Conditioning:
-        return self.codec.text_conditioning(*self.encoder(prompts))
+        cond = self.codec.text_conditioning(*self.encoder(prompts))
+        return {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in cond.items()}
 
     def latent_shape(self) -> tuple[int, ...]:
         return tuple(self.to_latents(torch.zeros(1, *self.entry.sample_shape)).shape[1:])
