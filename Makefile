@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS ?= flux-digits flux-digits-schnell zimage-digits wan-digits
 
-.PHONY: demo test test-unit bench bench-ma bench-memory gpu-check lint clean
+.PHONY: demo test test-unit bench bench-ma bench-memory bench-speed gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(STAMP)
 
 bench-memory: $(STAMP)
 	$(BIN)/python benchmarks/bench_memory.py --out runs/memory
+
+# torchao (the int8 peer) is a benchmark-only dependency
+bench-speed: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/bench_speed.py --out runs/speed
 
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py

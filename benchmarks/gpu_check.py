@@ -4,7 +4,10 @@ and exits 0.
 1. the tiny-pipeline integration tests (tests/integration): on a GPU the diffusers pipelines
    load in bfloat16 on CUDA, so quantize -> save -> load -> generate runs there bit-exactly;
 2. the memory benchmark (benchmarks/bench_memory.py), with CUDA peak memory per phase;
-3. where two GPUs are present, a two-rank NCCL calibration: ``torchrun --nproc-per-node 2 -m
+3. the integer path on CUDA (cuBLASLt int8 GEMMs) against the simulated reference, for every
+   layer structure the methods use (rotation, smoothing, low-rank branch; 3/4/8 bits), in
+   float32 and bfloat16;
+4. where two GPUs are present, a two-rank NCCL calibration: ``torchrun --nproc-per-node 2 -m
    adatsq.cli quantize flux-digits --method gptq`` (the tests/test_distributed.py command), and
    the same in one process, with the share of weight codes that differ (float summation
    order).
@@ -21,8 +24,12 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from adatsq.config import WeightSpec
 from adatsq.pipeline import load
+from adatsq.quant.qlinear import ActivationQuant, QuantLinear
+from adatsq.quant.rotation import random_signs
 from bench_distributed import codes_differ
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +49,35 @@ def _run(name: str, argv: list[str], timeout: int) -> dict:
     return {"exit": rc, "seconds": time.time() - t0, "log": f"runs/gpu-check/{name}.log"}
 
 
+def integer_on_cuda() -> dict:
+    """Relative error of integer against simulated layers on CUDA (the CPU tests' check)."""
+    worst = {}
+    for bits in (3, 4, 8):
+        for transforms in ((), ("rotate",), ("smooth", "lowrank")):
+            torch.manual_seed(0)
+            lin = nn.Linear(256, 128)
+            extra = {}
+            if "rotate" in transforms:
+                extra = {"rotate_input": True, "rotation_signs": random_signs(256, 0)}
+            if "smooth" in transforms:
+                extra = {"smooth": torch.rand(256) + 0.5,
+                         "lowrank": (torch.randn(8, 256) * 0.1, torch.randn(128, 8) * 0.1)}
+            q = QuantLinear.from_linear(lin, WeightSpec(bits=bits), ActivationQuant(bits), None,
+                                        weight=lin.weight.detach(), **extra).cuda()
+            for dtype in (torch.float32, torch.bfloat16):
+                x = torch.randn(64, 256, device="cuda", dtype=dtype) * 3
+                q.execution = "simulated"
+                want = q(x).float()
+                q.execution = "integer"
+                got = q(x).float()
+                key = f"W{bits}A{bits} {'+'.join(transforms) or 'plain'} {str(dtype)[6:]}"
+                worst[key] = float((got - want).norm() / want.norm())
+    print(json.dumps(worst, indent=1), flush=True)
+    return {"relative_error": worst, "exit": 0 if all(
+        v <= (1e-5 if "float32" in k and "rotate" not in k else 2e-2) for k, v in worst.items())
+        else 1}
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("gpu-check: no CUDA GPU here; nothing to check (exit 0)")
@@ -51,6 +87,7 @@ def main() -> int:
                "torch": torch.__version__}
     results["integration"] = _run("integration", [sys.executable, "-m", "pytest", "-q", "-x",
                                                   "tests/integration"], 300)
+    results["integer"] = integer_on_cuda()
     results["memory"] = _run("memory", [sys.executable, "benchmarks/bench_memory.py", "--out",
                                         "runs/gpu-check/memory"], 240)
     if torch.cuda.device_count() >= 2:

@@ -625,6 +625,137 @@ def combined_section() -> list[str]:
     return [text, "", "Time of `make bench` per model: " + ", ".join(spent) + ".", ""]
 
 
+def speed_rows(res: dict) -> list[str]:
+    """The speed table (BENCHMARKS.md and the README)."""
+    out = ["| method | bits | path | dtype | compiled | layer ms | call ms | × bf16 | × fp32 |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        layer = f"{r['layer_ms']:.2f}" if "layer_ms" in r else "-"
+        out.append(f"| {r['method']} | {r['bits']} | {r['path']} | {r['dtype']} | "
+                   f"{'yes' if r['compiled'] else 'no'} | {layer} | {r['call_ms']:.1f} | "
+                   f"{r['vs_bf16']:.2f} | {r['vs_fp32']:.2f} |")
+    return out
+
+
+def speed_goals(res: dict) -> list[str]:
+    """Each goal of the speed issue, met or not, from the report's rows."""
+    rows = res["rows"]
+
+    def find(method, bits, path, dtype, compiled=False):
+        for r in rows:
+            if (r["method"], r["bits"], r["path"], r["dtype"], r["compiled"]) == \
+                    (method, bits, path, dtype, compiled):
+                return r
+        return None
+
+    yes = {True: "**met**", False: "**not met**"}
+    out = []
+    ada = [r for r in rows if r["method"] == "adatsq" and r["bits"] == "W4A4"
+           and r["path"] == "integer"]
+    if ada:
+        best = max(ada, key=lambda r: r["vs_bf16"])
+        fp32 = find("adatsq", "W4A4", "integer", "float32")
+        how = best["dtype"] + (" compiled" if best["compiled"] else " eager")
+        out.append(f"- AdaTSQ W4A4 call at least 1.3× faster than bf16: "
+                   f"{yes[best['vs_bf16'] >= 1.3]} (best: {how}, "
+                   f"{best['vs_bf16']:.2f}×); at least 2.5× faster than fp32: "
+                   f"{yes[fp32 is not None and fp32['vs_fp32'] >= 2.5]} (float32 eager, "
+                   f"{fp32['vs_fp32'] if fp32 else float('nan'):.2f}×; best "
+                   f"{max(r['vs_fp32'] for r in ada):.2f}×).")
+    pairs = []
+    for dtype in ("float32", "bfloat16"):
+        for compiled in (False, True):
+            ours = find("rtn", "W8A8", "integer", dtype, compiled)
+            peer = find("torchao_int8", "W8A8", "torchao", dtype, compiled)
+            if ours and peer:
+                pairs.append((dtype, compiled, peer["call_ms"] / ours["call_ms"]))
+    if pairs:
+        out.append("- RTN W8A8 at least as fast as torchao's int8 path: " + "; ".join(
+            f"{d}{' compiled' if c else ' eager'} {yes[x >= 1.0]} ({x:.2f}× torchao's speed)"
+            for d, c, x in pairs) + ".")
+    ratios = []
+    for r in rows:
+        if r["path"] == "simulated":
+            i = find(r["method"], r["bits"], "integer", r["dtype"])
+            if i:
+                ratios.append((f"{r['method']} {r['bits']} {r['dtype']}",
+                               r["call_ms"] / i["call_ms"], r["layer_ms"] / i["layer_ms"]))
+    if ratios:
+        out.append(f"- integer at least 3× faster than simulated for every method: "
+                   f"{yes[all(c >= 3 for _, c, _ in ratios)]} per call, "
+                   f"{yes[all(lay >= 3 for _, _, lay in ratios)]} per layer (" + "; ".join(
+                       f"{n}: call {c:.1f}×, layer {lay:.1f}×" for n, c, lay in ratios) + ").")
+    gen = {(r["method"], r["path"]): r for r in res.get("generation", [])}
+    if ("adatsq", "integer") in gen:
+        r = gen[("adatsq", "integer")]
+        out.append(f"- flux-digits generation with the AdaTSQ W4A4 artifact no slower than full "
+                   f"precision: {yes[r['vs_fp32'] >= 1.0]} ({r['vs_fp32']:.2f}× FP's speed).")
+    return out
+
+
+def speed_section() -> list[str]:
+    res = _load(ROOT / "runs" / "speed" / "report.json")
+    out = ["## Speed: integer execution at Flux-Dev's width", "",
+           "Command: `make bench-speed` (`python benchmarks/bench_speed.py`; writes "
+           "runs/speed/report.json). A random-weight `FluxTransformer2DModel` of Flux-Dev's width "
+           "with each method's layer structure (see the script's docstring); one layer and one "
+           "transformer call, median of the repeats, all rows measured in one run on an idle "
+           "machine with 2 threads; × bf16 and × fp32 are speed ratios against the unquantized "
+           "eager model of that dtype (above 1: faster).", ""]
+    if res is None:
+        return out + ["(not run)", ""]
+    st = res["settings"]
+    out += [f"Model: {st['double']} double + {st['single']} single blocks, {st['tokens']} image "
+            f"+ {st['text_tokens']} text tokens; layer: `{st['layer']}` (3072 → 3072) on the "
+            f"image tokens; {st['repeats']} repeats.", ""]
+    out += speed_rows(res) + ["", "Goals:", ""] + speed_goals(res) + [""]
+    out += ["Where the integer layer's time goes (a rotated 4-bit 3072 → 3072 layer, float32 "
+            "input, each operation timed alone, ms; the last columns: the whole layer with the "
+            "weight codes unpacked per call, the default, and with the int8 operand cached):", "",
+            "| tokens | rotation | activation codes | unpack weights | int8 GEMM | rescale | "
+            "bf16 GEMM | layer (packed) | layer (cached) | unpack share | rotation / GEMM |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for b in res["breakdown"]:
+        o = b["ops_ms"]
+        out.append(f"| {b['tokens']} | {o['rotation']:.2f} | {o['activation_codes']:.2f} | "
+                   f"{o['unpack_weights']:.2f} | {o['int8_gemm']:.2f} | {o['rescale']:.2f} | "
+                   f"{o['bf16_gemm']:.2f} | {b['layer_uncached_ms']:.2f} | "
+                   f"{b['layer_cached_ms']:.2f} | {b['unpack_share']:.0%} | "
+                   f"{b['rotation_vs_gemm']:.0%} |")
+    gen = res.get("generation", [])
+    if gen:
+        out += ["", "flux-digits (width 128), 8 prompts, the real artifact of each method "
+                "(`quantize_`), generation wall time; PSNR against FP and between the two paths "
+                "(float32):", "",
+                "| method | bits | path | generate ms | × fp32 | PSNR vs FP | PSNR integer vs "
+                "simulated |", "|---|---|---|---|---|---|---|"]
+        for r in gen:
+            fp_psnr = f"{r['psnr_vs_fp']:.1f}" if "psnr_vs_fp" in r else "-"
+            pair = f"{r['psnr_integer_vs_simulated']:.1f}" \
+                if "psnr_integer_vs_simulated" in r else "-"
+            out.append(f"| {r['method']} | {r['bits']} | {r['path']} | {r['generate_ms']:.0f} | "
+                       f"{r.get('vs_fp32', 1.0):.2f} | {fp_psnr} | {pair} |")
+    env = res["environment"]
+    out += ["", f"Environment: torch {env['torch']}, {env['threads']} threads, commit "
+            f"{env['commit']}.", ""]
+    return out
+
+
+def readme_speed_block() -> None:
+    """Replaces the README's speed table (between its markers) with the report's."""
+    res = _load(ROOT / "runs" / "speed" / "report.json")
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- speed table (benchmarks/write_benchmarks.py) -->", "<!-- /speed table -->"
+    if res is None or start not in text:
+        return
+    rows = [r for r in res["rows"] if not (r["path"] == "simulated" and r["dtype"] == "bfloat16")]
+    table = speed_rows({"rows": rows})
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    readme.write_text(head + start + "\n" + "\n".join(table) + "\n" + end + tail)
+
+
 def main() -> int:
     lines = ["# Benchmarks", "",
              "Every number below is produced by a script in `benchmarks/` and rendered by "
@@ -637,7 +768,8 @@ def main() -> int:
     for model in MODELS:
         sections += [table_section(model), outlier_section(BENCH / model)]
     sections += [massive_section(), demo_section(), sweeps_section(), rotation_section(),
-                 step_damage_section(), selection_section(), cost_section(), memory_section(),
+                 step_damage_section(), selection_section(), cost_section(), speed_section(),
+                 memory_section(),
                  distributed_section(),
                  gptq_section(),
                  search_section()]
@@ -647,6 +779,7 @@ def main() -> int:
     if notes.exists():
         lines += [notes.read_text()]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines).rstrip() + "\n")
+    readme_speed_block()
     print("wrote BENCHMARKS.md")
     return 0
 

@@ -78,8 +78,8 @@ def weight_operand(packed: torch.Tensor, bits: int, rows: int, in_features: int)
         word = (packed.view(rows, 1, words) ^ flip).view(torch.int8)  # (rows, 1, words)
         up = torch.tensor([8 - bits * (i + 1) for i in range(m)], dtype=torch.int8,
                           device=packed.device).view(m, 1)
-        codes = torch.bitwise_right_shift(torch.bitwise_left_shift(word, up), 8 - bits)
-        return codes.view(rows, in_features)  # (rows, m, words) in column order
+        codes = torch.bitwise_left_shift(word, up)  # (rows, m, words) in column order
+        return codes.bitwise_right_shift_(8 - bits).view(rows, in_features)
     by = packed.view(rows, words, nbytes)
     mask = (1 << bits) - 1
 
@@ -154,20 +154,23 @@ def activation_operand(x: torch.Tensor, bits: int | torch.Tensor, granularity: s
 
 
 def int_matmul(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor | None = None,
-               beta: torch.Tensor | None = None) -> torch.Tensor:
+               beta: torch.Tensor | None = None,
+               B_sums: torch.Tensor | None = None) -> torch.Tensor:
     """``sum_k (A[n,k] + alpha[n]) (B[j,k] + beta[j])`` (N, rows) in int32, exactly.
 
     Args:
         A: int8 (N, K); B: int8 (rows, K); alpha: int32 (N, 1) or None; beta: int32 (rows,) or
-            None.
+            None; B_sums: ``B``'s row sums (rows,) int32 where known (else summed here when
+            ``alpha`` needs them).
     """
     Y = torch._int_mm(A, B.T)  # (N, rows)
-    if alpha is not None:
-        Y += alpha * B.sum(1, dtype=torch.int32)
+    if alpha is not None:  # alpha (rowsum(B) + K beta): one outer product
+        per_row = B.sum(1, dtype=torch.int32) if B_sums is None else B_sums
+        if beta is not None:
+            per_row = per_row + A.shape[1] * beta
+        Y.addr_(alpha.view(-1), per_row)
     if beta is not None:
-        Y += A.sum(1, keepdim=True, dtype=torch.int32) * beta
-        if alpha is not None:
-            Y += (A.shape[1] * alpha) * beta
+        Y.addr_(A.sum(1, dtype=torch.int32), beta)
     return Y
 
 
@@ -177,9 +180,9 @@ def rescale(Y: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
     """``Y * x_scale * w_scale + bias`` computed in ``dtype`` or float32, whichever is wider,
     and returned in ``dtype`` (written into ``out`` if given)."""
     compute = torch.promote_types(dtype, torch.float32)
-    y = torch.mul(Y, w_scale.to(compute))  # (N, rows)
-    y = torch.mul(y, x_scale.to(compute), out=y) if bias is None else \
-        torch.addcmul(bias.to(compute), y, x_scale.to(compute))
+    y = torch.mul(Y, w_scale.to(compute)).mul_(x_scale.to(compute))  # (N, rows), in place
+    if bias is not None:
+        y.add_(bias.to(compute))
     if out is not None:
         return out.copy_(y)
     return y.to(dtype)

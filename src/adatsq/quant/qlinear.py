@@ -140,9 +140,9 @@ fake-quantized activations, a float matrix multiply)."""
 
 OPTIONAL_TENSORS = ("bias", "smooth", "rotation_signs", "lowrank_down", "lowrank_up")
 """Tensors a quantized layer holds only when its method uses them."""
-OPERAND_BLOCK = 1 << 23
-"""Weights of an uncached integer layer unpacked to int8 at once: row blocks of about 8 M (8 MB;
-a whole layer up to Flux-Dev's 3072 x 3072 attention projections)."""
+OPERAND_BLOCK = 1 << 24
+"""Weights of an uncached integer layer unpacked to int8 at once: row blocks of about 16 M
+(16 MB; a whole layer up to Flux-Dev's 3072 x 3072 attention projections)."""
 BLOCK = 1 << 20
 """Weights of more elements than this are never dequantized whole when uncached: the layer
 multiplies by blocks of about this many (output rows x inputs), so its temporaries stay near
@@ -186,6 +186,7 @@ class QuantLinear(nn.Module):
         self.storage_dtype = dtype
         self._cached: torch.Tensor | None = None
         self._operand: torch.Tensor | None = None
+        self._weight_sums: torch.Tensor | None = None  # rows of the operand summed, when needed
         self._factors = integer.hadamard_factors(in_features) if rotate_input else None
         self.execution = execution
 
@@ -374,7 +375,7 @@ class QuantLinear(nn.Module):
     def _apply(self, fn, recurse=True):
         """Moves follow ``model.to(device)``; dtype casts do not touch the stored floats (they
         define the quantized layer; the compute dtype follows the input)."""
-        self._cached = self._operand = None
+        self._cached = self._operand = self._weight_sums = None
         anchor = self.weight if self.weight_bits == FULL_PRECISION else self.qweight
         device = fn(torch.zeros(1, dtype=self.storage_dtype, device=anchor.device)).device
         for name, buf in self._buffers.items():
@@ -477,24 +478,36 @@ class QuantLinear(nn.Module):
         return integer.weight_operand(self.qweight[r0 * per_row:r1 * per_row], self.weight_bits,
                                       r1 - r0, self.in_features)
 
-    def _integer_forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+    def _sums(self) -> torch.Tensor | None:
+        """Row sums of the int8 weight operand (int32), kept from the first eager call that
+        needs them (8-bit asymmetric activations); None inside a compiled graph until then."""
+        if self._weight_sums is None and not torch.compiler.is_compiling():
+            rows = max(1, OPERAND_BLOCK // self.in_features)
+            self._weight_sums = torch.cat([
+                self._operand_rows(r, min(r + rows, self.out_features)).sum(1, dtype=torch.int32)
+                for r in range(0, self.out_features, rows)])
+        return self._weight_sums
+
+    def _integer_forward(self, x: torch.Tensor, bits: int | torch.Tensor) -> torch.Tensor:
         xt = self._fast_transform(x)
         eight = None if isinstance(bits, int) else 8 in self.activation.bits
         A, x_scale, alpha = integer.activation_operand(
             xt, bits, self.activation.granularity, self.activation.symmetric,
             8 if self.cache else self.weight_bits, eight)
+        sums = None if alpha is None else self._sums()
         n_out = self.out_features
         rows = n_out if self.cache else max(1, min(n_out, OPERAND_BLOCK // self.in_features))
         w_scale, beta, bias = self.scale[:, 0], self._beta, self.bias
         if rows >= n_out or torch.compiler.is_compiling():
-            Y = integer.int_matmul(A, self._operand_rows(0, n_out), alpha, beta)
+            Y = integer.int_matmul(A, self._operand_rows(0, n_out), alpha, beta, sums)
             y = integer.rescale(Y, x_scale, w_scale, bias, x.dtype)
         else:  # output rows a block at a time: one block's int8 operand at once
             y = torch.empty(A.shape[0], n_out, dtype=x.dtype, device=x.device)
             for r0 in range(0, n_out, rows):
                 r1 = min(r0 + rows, n_out)
                 Y = integer.int_matmul(A, self._operand_rows(r0, r1), alpha,
-                                       None if beta is None else beta[r0:r1])
+                                       None if beta is None else beta[r0:r1],
+                                       None if sums is None else sums[r0:r1])
                 integer.rescale(Y, x_scale, w_scale[r0:r1],
                                 None if bias is None else bias[r0:r1], x.dtype, out=y[:, r0:r1])
         return self._add_lowrank(y.view(*x.shape[:-1], n_out), xt)
