@@ -196,10 +196,20 @@ def integer_breakdown(tokens_list, repeats: int) -> list[dict]:
         cache_weights_(q)
         cached = median_ms(lambda: q(x), repeats)
         cache_weights_(q, on=False)
+        # the widest input: Flux-Dev's MLP down projection, 12288 -> 3072
+        wide = torch.randn(n, 4 * K)
+        Lw, Rw = (f.float() for f in integer.hadamard_factors(4 * K))
+        signs = random_signs(4 * K, 0)
+        Aw = torch.randint(-8, 8, (n, 4 * K), dtype=torch.int8)
+        Bw = torch.randint(-8, 8, (N_OUT, 4 * K), dtype=torch.int8)
+        ops["rotation_12288"] = median_ms(lambda: integer.rotate_factored(wide * signs, Lw, Rw),
+                                          repeats)
+        ops["int8_gemm_12288"] = median_ms(lambda: integer.int_matmul(Aw, Bw), repeats)
         rows.append({"tokens": n, "ops_ms": ops, "layer_uncached_ms": uncached,
                      "layer_cached_ms": cached,
                      "unpack_share": ops["unpack_weights"] / uncached,
-                     "rotation_vs_gemm": ops["rotation"] / ops["int8_gemm"]})
+                     "rotation_vs_gemm": ops["rotation"] / ops["int8_gemm"],
+                     "rotation_vs_gemm_12288": ops["rotation_12288"] / ops["int8_gemm_12288"]})
         logging.info("breakdown at %d tokens: %s", n, {k: round(v, 2) for k, v in ops.items()})
     return rows
 

@@ -713,15 +713,16 @@ def speed_section() -> list[str]:
             "input, each operation timed alone, ms; the last columns: the whole layer with the "
             "weight codes unpacked per call, the default, and with the int8 operand cached):", "",
             "| tokens | rotation | activation codes | unpack weights | int8 GEMM | rescale | "
-            "bf16 GEMM | layer (packed) | layer (cached) | unpack share | rotation / GEMM |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "bf16 GEMM | layer (packed) | layer (cached) | unpack share | rotation / GEMM | "
+            "rotation / GEMM at 12288 → 3072 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in res["breakdown"]:
         o = b["ops_ms"]
         out.append(f"| {b['tokens']} | {o['rotation']:.2f} | {o['activation_codes']:.2f} | "
                    f"{o['unpack_weights']:.2f} | {o['int8_gemm']:.2f} | {o['rescale']:.2f} | "
                    f"{o['bf16_gemm']:.2f} | {b['layer_uncached_ms']:.2f} | "
                    f"{b['layer_cached_ms']:.2f} | {b['unpack_share']:.0%} | "
-                   f"{b['rotation_vs_gemm']:.0%} |")
+                   f"{b['rotation_vs_gemm']:.0%} | {b['rotation_vs_gemm_12288']:.0%} |")
     gen = res.get("generation", [])
     if gen:
         out += ["", "flux-digits (width 128), 8 prompts, the real artifact of each method "
