@@ -1,8 +1,11 @@
 """The command line: listing, quantize -> artifact -> generate, and one-line errors (exit 2)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
+from PIL import Image
 
 from adatsq.cli import main
 
@@ -32,7 +35,17 @@ def test_quantize_then_generate_from_the_artifact(tmp_path, capsys):
     out = tmp_path / "samples.png"
     assert main(["generate", "--artifact", str(art), "--prompt", "a red 3", "--steps", "2",
                  "--out", str(out)]) == 0
-    assert out.stat().st_size > 1000
+    with Image.open(out) as image:  # the sample itself, at the model's resolution
+        assert image.size == (16, 16) and image.format == "PNG"
+    folder = tmp_path / "many"
+    assert main(["generate", "--artifact", str(art), "--prompt", "a red 3", "--prompt", "two 5s",
+                 "--steps", "2", "--out", f"{folder}/"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["sample-000.png", "sample-001.png"]
+    sheet = tmp_path / "sheet.png"
+    assert main(["generate", "--artifact", str(art), "--prompt", "a red 3", "--prompt", "two 5s",
+                 "--steps", "2", "--grid", "--out", str(sheet)]) == 0
+    with Image.open(sheet) as image:  # labelled: larger than the two samples side by side
+        assert image.size[0] > 32 and image.size[1] > 16
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -44,6 +57,11 @@ def test_quantize_then_generate_from_the_artifact(tmp_path, capsys):
     (["quantize", "flux-digits", "--options", "{\"alpha\": 2}", "--method", "smoothquant",
       "--out", "x"], "alpha"),
     (["generate", "--artifact", "missing-dir", "--prompt", "a 3"], "no manifest"),
+    (["generate", "--artifact", "missing-dir", "--prompt", "a 3", "--out", "/dev/null/x.png"],
+     "no manifest"),  # the arguments in their order: the artifact before --out
+    (["quantize", "flux-digits", "--recipe", "r.yaml", "--w-bits", "8", "--out", "x"],
+     "--w-bits"),
+    (["generate", "flux-digits", "--prompt", "a 3", "--out", "a.mp4"], ".png"),
     (["generate", "flux-digits", "--prompts-file", "missing.txt"], "does not exist"),
     (["evaluate", "flux-digits", "--bits", "W4", "--out", "x"], "W4A4"),
     (["generate", "flux-digits", "--prompt", "a 3", "--steps", "0"], "--steps must be positive"),
@@ -120,3 +138,28 @@ def test_a_recipe_field_of_the_wrong_type_is_named(capsys, tmp_path):
     err = _error(capsys, ["quantize", "flux-digits", "--recipe", str(recipe), "--out",
                           str(tmp_path / "x")])
     assert "weight bit width" in err and "'four'" in err
+
+
+def test_help_version_and_methods(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("adatsq ")
+    with pytest.raises(SystemExit):
+        main(["quantize", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: rtn)" in text and "(default: 4)" in text and "--dtype" in text
+    assert main(["methods"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert {"rtn", "gptq", "smoothquant", "quarot", "vidit_q", "svdquant", "q_dit",
+            "adatsq"} <= set(listed)
+
+
+def test_the_parser_imports_nothing_heavy():
+    """``adatsq --help`` must answer without torch, diffusers or matplotlib (its time is in
+    BENCHMARKS.md, not asserted here)."""
+    code = ("import sys, adatsq.cli; adatsq.cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'matplotlib', 'scipy') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -57,3 +57,19 @@ def test_stale_temporaries_of_the_output_are_removed(tmp_path):
     check_output(tmp_path / "art", "dir")
     check_output(tmp_path / "samples.png", "file")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.q.tmp"]
+
+
+def test_written_files_and_folders_follow_the_umask(tmp_path):
+    """Readable by others under the usual umask (022), as any new file: artifacts are shared."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_json({"a": 1}, tmp_path / "f.json")
+        with atomic_dir(tmp_path / "d") as tmp:
+            write_json({"b": 2}, tmp / "inner.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "d" / "inner.json").stat().st_mode & 0o777 == 0o644

@@ -10,7 +10,7 @@ Layers, lowest first (a module imports only from its own layer or a lower one):
 3. zoo: the embedded models;
 4. eval: metrics of the embedded tasks;
 5. api: ``pipeline`` (loading and ``quantize_``);
-6. top: ``bench`` (the experiment runner), ``cli`` and the package's public API.
+6. top: ``bench`` (the experiment runner), ``cli`` and ``commands``, and the package's public API.
 """
 
 import ast
@@ -28,7 +28,7 @@ LAYERS = [
     ("zoo", ("adatsq.zoo",)),
     ("eval", ("adatsq.eval",)),
     ("api", ("adatsq.pipeline",)),
-    ("top", ("adatsq.bench", "adatsq.cli", "adatsq")),
+    ("top", ("adatsq.bench", "adatsq.cli", "adatsq.commands", "adatsq")),
 ]
 
 

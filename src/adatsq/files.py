@@ -18,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, then set back)."""
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """A temporary file path beside ``target``, renamed onto it when the block completes.
@@ -42,6 +49,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # a new file's mode, not mkstemp's owner-only one
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -59,6 +67,7 @@ def atomic_dir(target: str | Path, replace: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # a new folder's mode, not mkdtemp's owner-only one
         if replace and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
