@@ -200,6 +200,11 @@ def cmd_generate(args) -> int:
     grid = args.grid
     kind = "file" if grid or not (args.out.endswith(("/", "\\")) or Path(args.out).is_dir()) \
         else "dir"
+    if kind == "file" and not grid and \
+            Path(args.out).suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+        raise ValueError(f"--out {args.out}: samples are written as "
+                         f"{', '.join(IMAGE_SUFFIXES)} images or {', '.join(VIDEO_SUFFIXES)} "
+                         "clips; name such a file or a folder ending in /")
     check_output(args.out, kind, args.overwrite,
                  inputs=(args.artifact, args.model, args.prompts_file))
     settings = _settings(args, "height", "width", "frames")
