@@ -106,9 +106,8 @@ def _check_model(name: str) -> None:
 
 
 def _with_dtype(pipe, dtype: str | None):
-    if dtype is not None and not hasattr(pipe, "entry"):
-        return pipe  # diffusers pipelines were loaded in it
-    if dtype is not None:
+    """A zoo pipeline's transformer cast to ``dtype`` (diffusers pipelines load in it)."""
+    if dtype is not None and hasattr(pipe, "entry"):
         pipe.transformer.to(DTYPES[dtype])
     return pipe
 

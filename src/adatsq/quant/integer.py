@@ -38,7 +38,7 @@ import math
 
 import torch
 
-from adatsq.quant.primitives import FULL_PRECISION, qparams
+from adatsq.quant.primitives import FULL_PRECISION, activation_ranges, qparams
 from adatsq.quant.rotation import _factorize, fwht
 
 INTEGER_GRANULARITIES = ("token", "sample")
@@ -98,19 +98,6 @@ def weight_operand(packed: torch.Tensor, bits: int, rows: int, in_features: int)
     for i in range(m):
         B[:, i] = code(i)
     return B.view(rows, in_features)
-
-
-def activation_ranges(x: torch.Tensor, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min and max of each quantization range of ``x`` (..., d), broadcastable to ``x``:
-    per token (..., 1), or per sample (B, 1, ..., 1)."""
-    # amin and amax apart: two passes, yet several times faster than aminmax on the CPU
-    if granularity == "token":
-        return x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
-    if granularity == "sample":
-        flat = x.reshape(x.shape[0], -1)
-        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-        return flat.amin(1).reshape(shape), flat.amax(1).reshape(shape)
-    raise ValueError(f"no integer path for activation granularity {granularity!r}")
 
 
 def activation_operand(x: torch.Tensor, bits: int | torch.Tensor, granularity: str,

@@ -145,6 +145,20 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gro
 ACTIVATION_GRANULARITIES = ("token", "group", "sample")
 
 
+def activation_ranges(x: torch.Tensor, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of each dynamic range of ``x`` (..., d), broadcastable to ``x``: per token
+    (..., 1) or per sample (B, 1, ..., 1). (amin and amax apart: two passes, yet several times
+    faster than ``aminmax`` on the CPU.)"""
+    if granularity == "token":
+        return x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    if granularity == "sample":
+        flat = x.reshape(x.shape[0], -1)
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return flat.amin(1).reshape(shape), flat.amax(1).reshape(shape)
+    raise ValueError(f"unknown activation granularity {granularity!r}; "
+                     f"use one of {', '.join(ACTIVATION_GRANULARITIES)}")
+
+
 def quantize_activation(x: torch.Tensor, bits: int, granularity: str = "token",
                         symmetric: bool = False, group_size: int = 64) -> torch.Tensor:
     """Fake-quantizes activations ``x`` (..., d).
@@ -157,9 +171,7 @@ def quantize_activation(x: torch.Tensor, bits: int, granularity: str = "token",
     """
     if isinstance(bits, int) and bits == FULL_PRECISION:
         return x
-    if granularity == "token":
-        lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
-    elif granularity == "group":
+    if granularity == "group":
         d = x.shape[-1]
         if d % group_size:
             return quantize_activation(x, bits, "token", symmetric)
@@ -167,13 +179,7 @@ def quantize_activation(x: torch.Tensor, bits: int, granularity: str = "token",
         lo, hi = xg.amin(-1, keepdim=True), xg.amax(-1, keepdim=True)
         scale, zero = qparams(lo, hi, bits, symmetric)
         return fake_quant(xg, scale, zero, bits).reshape(x.shape)
-    elif granularity == "sample":
-        flat = x.reshape(x.shape[0], -1)
-        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-        lo, hi = flat.amin(1).reshape(shape), flat.amax(1).reshape(shape)
-    else:
-        raise ValueError(f"unknown activation granularity {granularity!r}; "
-                         f"use one of {', '.join(ACTIVATION_GRANULARITIES)}")
+    lo, hi = activation_ranges(x, granularity)
     scale, zero = qparams(lo, hi, bits, symmetric)
     return fake_quant(x, scale, zero, bits)
 

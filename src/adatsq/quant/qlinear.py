@@ -388,12 +388,18 @@ class QuantLinear(nn.Module):
 
     # -- compute ----------------------------------------------------------------------------
 
-    def transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The input transform T(x) the stored weight expects."""
+    def transform_input(self, x: torch.Tensor, factored: bool = False) -> torch.Tensor:
+        """The input transform T(x) the stored weight expects; ``factored`` rotates by two
+        matrix multiplies (:func:`adatsq.quant.integer.rotate_factored`: the same map, other
+        float rounding, several times faster) instead of the reference :func:`rotate`."""
         if self.smooth is not None:
             x = x / self.smooth.to(x.dtype)
         if self.rotate_input:
-            x = rotate(x, None if self.rotation_signs is None else self.rotation_signs.to(x.dtype))
+            signs = None if self.rotation_signs is None else self.rotation_signs.to(x.dtype)
+            if not factored:
+                return rotate(x, signs)
+            x = x if signs is None else x * signs
+            x = integer.rotate_factored(x, *(f.to(x.dtype) for f in self._factors))
         return x
 
     def current_bits(self) -> int | torch.Tensor:
@@ -431,7 +437,7 @@ class QuantLinear(nn.Module):
     def _forward_quantized(self, x: torch.Tensor, bits: int | torch.Tensor) -> torch.Tensor:
         if self.runs_integer(bits, x):
             return self._integer_forward(x, bits)
-        x = self.transform_input(x) if self._execution == "simulated" else self._fast_transform(x)
+        x = self.transform_input(x, factored=self._execution == "integer")
         xq = quantize_activation(x, bits, self.activation.granularity, self.activation.symmetric,
                                  self.activation.group_size)
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -452,17 +458,6 @@ class QuantLinear(nn.Module):
         return y
 
     # -- integer execution ------------------------------------------------------------------
-
-    def _fast_transform(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`transform_input` with the rotation as two matrix multiplies
-        (:func:`adatsq.quant.integer.rotate_factored`): the same map, other float rounding."""
-        if self.smooth is not None:
-            x = x / self.smooth.to(x.dtype)
-        if self.rotate_input:
-            if self.rotation_signs is not None:
-                x = x * self.rotation_signs.to(x.dtype)
-            x = integer.rotate_factored(x, *(f.to(x.dtype) for f in self._factors))
-        return x
 
     def _operand_rows(self, r0: int, r1: int) -> torch.Tensor:
         """The int8 weight operand of output rows ``r0:r1``: with ``cache``, the whole operand
@@ -489,7 +484,7 @@ class QuantLinear(nn.Module):
         return self._weight_sums
 
     def _integer_forward(self, x: torch.Tensor, bits: int | torch.Tensor) -> torch.Tensor:
-        xt = self._fast_transform(x)
+        xt = self.transform_input(x, factored=True)
         eight = None if isinstance(bits, int) else 8 in self.activation.bits
         A, x_scale, alpha = integer.activation_operand(
             xt, bits, self.activation.granularity, self.activation.symmetric,
