@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adatsq.quant.primitives import ACTIVATION_GRANULARITIES, FULL_PRECISION, check_bits
+from adatsq.quant.qlinear import EXECUTIONS
 from adatsq.quant.smoothing import check_alpha
 from adatsq.search.candidates import CandidateConfig
 from adatsq.strict import check_keys
@@ -161,6 +162,7 @@ class QuaRotOptions(MethodOptions):
 
     round_to_nearest: bool = False
     random_signs: bool = True
+    search_execution: str = "simulated"
     block_size: int = 128
     damp: float = 0.01
     act_order: bool = False
@@ -267,6 +269,11 @@ class AdaTSQOptions(MethodOptions):
             (the ``adatsq_lr`` variant; beyond the paper).
         random_signs: randomized Hadamard rotation (seeded random signs, as QuaRot); False: the
             plain Sylvester/Paley matrix.
+        search_execution: how the quantized layers compute while the search samples (step
+            losses and selection): ``"simulated"`` (the float reference every committed number
+            was searched on) or ``"integer"`` (int8 matrix multiplies; 1.4x faster step losses
+            on flux-digits, and results that differ from the reference's in the last bits, so
+            the chosen path may differ by a step's candidate). See BENCHMARKS.md.
         block_size, damp, act_order: GPTQ settings.
     """
 
@@ -289,6 +296,7 @@ class AdaTSQOptions(MethodOptions):
     select_paths: int = 4
     lowrank: bool = False
     random_signs: bool = True
+    search_execution: str = "simulated"
     block_size: int = 128
     damp: float = 0.01
     act_order: bool = False
@@ -306,6 +314,9 @@ class AdaTSQOptions(MethodOptions):
         if self.step_loss not in STEP_LOSSES:
             raise ValueError(f"step_loss must be one of {', '.join(STEP_LOSSES)}, got "
                              f"{self.step_loss!r}")
+        if self.search_execution not in EXECUTIONS:
+            raise ValueError(f"search_execution must be one of {', '.join(EXECUTIONS)}, got "
+                             f"{self.search_execution!r}")
         if not 0.0 <= self.mix <= 1.0:
             raise ValueError(f"mix must be in [0, 1], got {self.mix}")
         self.candidate_config  # noqa: B018 (validates bit_choices, num_clusters, reach)

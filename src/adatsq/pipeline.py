@@ -90,7 +90,7 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
         execution: how the quantized layers compute afterwards: ``"integer"`` (int8 matrix
             multiplies wherever the method maps onto them) or ``"simulated"`` (the float
             reference, for research; :func:`adatsq.quant.qlinear.set_execution_`). A search
-            (AdaTSQ's) always samples on the simulated reference.
+            (AdaTSQ's) samples on the path its options name (``search_execution``).
 
     In a ``torchrun`` process group (:mod:`adatsq.distributed`) every rank calls this: the
     calibration prompts, the layers to solve and AdaTSQ's search are split over the ranks, and
@@ -233,7 +233,7 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
                              for n, q in quantized.items()},
                      recipe=recipe.to_dict())
     t1 = time.time()
-    set_execution_(model, "simulated")  # the reference the search's numbers are defined on
+    set_execution_(model, method.search_execution)
     cache_weights_(model)  # a search samples many times with the same weights
     try:
         policy = method.finalize(pipeline, stats, tracker, quantized, nominal)

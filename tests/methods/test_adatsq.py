@@ -9,6 +9,7 @@ from adatsq.calib.fisher import effective_steps, fisher_information, temporal_we
 from adatsq.calib.gptq import hessian_error
 from adatsq.config import ActivationSpec, Recipe, WeightSpec
 from adatsq.pipeline import quantize_, save
+from adatsq.quant.qlinear import QuantLinear
 from adatsq.quant.rotation import rotate, rotate_hessian
 from adatsq.search.selection import select_path
 
@@ -85,6 +86,36 @@ def test_adatsq_meets_the_budget_with_dynamic_bits(calibrated, bits, capsys):
     assert len(search["selection_scores"]) == len(search["tried"]["paths"]) >= 1
     assert search["mean_bits"] == pytest.approx(search["tried"]["mean_bits"][search["chosen"]])
     assert torch.isfinite(pipe.generate(PROMPTS[:2], seed=0)).all()
+
+
+def test_search_on_the_integer_path_measures_the_same_losses(calibrated):
+    """``search_execution="integer"``: the step losses are those of the simulated reference up
+    to float rounding, and the layers end on the execution ``quantize_`` was asked for."""
+    _, stats = calibrated
+    losses, runs = {}, {}
+    for mode in ("simulated", "integer"):
+        pipe = fresh_copy(calibrated[0])
+        recipe = Recipe(method="adatsq", weights=WeightSpec(bits=4),
+                        activations=ActivationSpec(bits=4),
+                        options={**SMALL, "search_execution": mode})
+        ran = []
+        original = QuantLinear._integer_forward
+
+        def spy(self, *args, **kwargs):
+            ran.append(mode)
+            return original(self, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(QuantLinear, "_integer_forward", spy)
+            policy = quantize_(pipe, recipe, progress=False, stats=stats, execution="simulated")
+        losses[mode] = np.array(policy.settings["search"]["candidate_losses"])
+        runs[mode] = len(ran)
+        assert {m.execution for m in pipe.transformer.modules()
+                if isinstance(m, QuantLinear)} == {"simulated"}
+    assert runs["simulated"] == 0 and runs["integer"] > 0
+    np.testing.assert_allclose(losses["integer"], losses["simulated"], rtol=1e-3)
+    with pytest.raises(ValueError, match="search_execution"):
+        Recipe(method="adatsq", options={"search_execution": "fast"})
 
 
 def test_step_weightings_pool_distinct_paths(calibrated):

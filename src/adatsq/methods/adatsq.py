@@ -70,6 +70,10 @@ class AdaTSQ(Method):
     #: by :func:`adatsq.pipeline.quantize_`
     fidelity = None
 
+    @property
+    def search_execution(self) -> str:
+        return self.options.search_execution
+
     def __init__(self, recipe):
         super().__init__(recipe)
         self.phases: dict[str, float] = {}  # seconds of each phase (report and BENCHMARKS.md)

@@ -50,6 +50,11 @@ class Method(ABC):
     #: whether long phases show a bar (set by the driver from ``quantize_(progress=...)``)
     progress: bool = True
 
+    @property
+    def search_execution(self) -> str:
+        """How the quantized layers compute while :meth:`finalize` samples with them."""
+        return "simulated"
+
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.options = recipe.options  # the method's typed options (adatsq.config)
