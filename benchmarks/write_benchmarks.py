@@ -736,10 +736,54 @@ def speed_section() -> list[str]:
                 if "psnr_integer_vs_simulated" in r else "-"
             out.append(f"| {r['method']} | {r['bits']} | {r['path']} | {r['generate_ms']:.0f} | "
                        f"{r.get('vs_fp32', 1.0):.2f} | {fp_psnr} | {pair} |")
-    env = res["environment"]
-    out += ["", f"Environment: torch {env['torch']}, {env['threads']} threads, commit "
-            f"{env['commit']}.", ""]
-    return out
+    return out + ["", _environment(res["environment"]), ""]
+
+
+def _environment(env: dict) -> str:
+    return f"Environment: torch {env['torch']}, {env['threads']} threads, commit {env['commit']}."
+
+
+def search_execution_section() -> list[str]:
+    res = _load(ROOT / "runs" / "speed" / "search.json")
+    out = ["## AdaTSQ's search on the integer path", "",
+           "Command: `python benchmarks/bench_search_execution.py` (writes "
+           "runs/speed/search.json). AdaTSQ with the default recipe on flux-digits, its search "
+           "(step losses and end-to-end selection) sampling on the simulated reference "
+           "(`search_execution=\"simulated\"`, the default) or on the integer path; seconds on "
+           "2 threads, one run per row, and as a multiple of one FP generation of the "
+           "calibration set measured in the same run. The quantized models then generate test "
+           "prompts (integer execution): PSNR against FP, and the paired difference integer "
+           "search − simulated search.", ""]
+    if res is None:
+        return out + ["(not run)", ""]
+    out += ["| bits | search on | total s | × FP generation | Fisher | step losses | selection "
+            "| search speed-up | steps whose bits differ | PSNR vs FP | Δ PSNR [95%] |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        ph, d = r["phases"], r.get("psnr_diff")
+        diff = f"{d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]" if d else "-"
+        speed = f"{r['speedup']:.2f}×" if "speedup" in r else "-"
+        out.append(f"| {r['bits']} | {r['search_execution']} | {r['seconds']:.1f} | "
+                   f"{r['x_fp_generation']:.1f} | {ph['fisher']:.1f} | {ph['step_losses']:.1f} | "
+                   f"{ph['selection']:.1f} | {speed} | {r.get('steps_changed', '-')} | "
+                   f"{r['psnr']:.2f} | {diff} |")
+    return out + ["", f"{res['test_prompts']} test prompts; one FP generation of the "
+                  f"calibration set: {res['fp_calibration_seconds']:.2f} s. "
+                  + _environment(res["environment"]), ""]
+
+
+def cli_section() -> list[str]:
+    res = _load(ROOT / "runs" / "cli" / "report.json")
+    out = ["## Command line start-up", "",
+           "Command: `python benchmarks/bench_cli.py` (writes runs/cli/report.json): wall time "
+           "of `adatsq --help` and `adatsq methods` in a fresh process, median of the repeats, "
+           "beside `python -c pass` and `python -c 'import torch'` measured in the same run.", ""]
+    if res is None:
+        return out + ["(not run)", ""]
+    out += ["| command | median s |", "|---|---|"]
+    out += [f"| `{r['command']}` | {r['seconds']:.2f} |" for r in res["rows"]]
+    return out + ["", f"Goal: `adatsq --help` under {res['goal_seconds']:g} s: "
+                  f"{'met' if res['help_seconds'] < res['goal_seconds'] else 'not met'}.", ""]
 
 
 def readme_speed_block() -> None:
@@ -769,7 +813,8 @@ def main() -> int:
     for model in MODELS:
         sections += [table_section(model), outlier_section(BENCH / model)]
     sections += [massive_section(), demo_section(), sweeps_section(), rotation_section(),
-                 step_damage_section(), selection_section(), cost_section(), speed_section(),
+                 step_damage_section(), selection_section(), cost_section(),
+                 search_execution_section(), speed_section(), cli_section(),
                  memory_section(),
                  distributed_section(),
                  gptq_section(),

@@ -158,8 +158,8 @@ def test_killed_cli_run_resumes_to_the_identical_artifact(tmp_path):
     assert 2 <= steps_scored() < 6 and layers_saved() == 39
     done = subprocess.run(_cli("--out", str(out)), capture_output=True, text=True)
     assert done.returncode == 0 and "resumed from its checkpoint" in done.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.safetensors",
-                                                     "policy.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "manifest.json",
+                                                     "model.safetensors", "policy.json"]
     tensors = [(d / "model.safetensors").read_bytes() for d in (reference, out)]
     assert tensors[0] == tensors[1]
     policies = [json.loads((d / "policy.json").read_text()) for d in (reference, out)]

@@ -31,7 +31,8 @@ def test_quantize_then_generate_from_the_artifact(tmp_path, capsys):
     art = tmp_path / "art"
     assert main(["quantize", "flux-digits", "--method", "rtn", "--w-bits", "4", "--a-bits", "4",
                  "--out", str(art)]) == 0
-    assert {p.name for p in art.iterdir()} == {"model.safetensors", "manifest.json", "policy.json"}
+    assert {p.name for p in art.iterdir()} == {"model.safetensors", "manifest.json", "policy.json",
+                                               "config.json", "README.md"}
     out = tmp_path / "samples.png"
     assert main(["generate", "--artifact", str(art), "--prompt", "a red 3", "--steps", "2",
                  "--out", str(out)]) == 0
@@ -114,8 +115,8 @@ def test_outputs_never_overwrite_inputs_or_existing_files(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--out" in err, (argv, err)
     assert (art / "model.safetensors").read_bytes() == weights
-    assert sorted(p.name for p in art.iterdir()) == ["manifest.json", "model.safetensors",
-                                                      "policy.json"]
+    assert sorted(p.name for p in art.iterdir()) == ["README.md", "config.json", "manifest.json",
+                                                      "model.safetensors", "policy.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 

@@ -4,7 +4,7 @@ Layers, lowest first (a module imports only from its own layer or a lower one):
 
 1. core: ``files``, ``strict``, ``config``, ``distributed``, ``checkpoint``, ``quant``,
    ``calib``, ``search``, ``methods``,
-   ``policy``, ``io``
+   ``policy``, ``card``, ``io``
    and the protocols ``models.base``, ``models.sampling``, ``models.patches``;
 2. models: the adapters and pipeline families of diffusers classes;
 3. zoo: the embedded models;
@@ -23,7 +23,8 @@ CORE_MODELS = ("adatsq.models.base", "adatsq.models.sampling", "adatsq.models.pa
 LAYERS = [
     ("core", ("adatsq.files", "adatsq.strict", "adatsq.config", "adatsq.distributed",
               "adatsq.checkpoint", "adatsq.quant", "adatsq.calib",
-              "adatsq.search", "adatsq.methods", "adatsq.policy", "adatsq.io", *CORE_MODELS)),
+              "adatsq.search", "adatsq.methods", "adatsq.policy", "adatsq.card", "adatsq.io",
+              *CORE_MODELS)),
     ("models", ("adatsq.models",)),
     ("zoo", ("adatsq.zoo",)),
     ("eval", ("adatsq.eval",)),

@@ -8,6 +8,7 @@ The whole public API::
     policy = adatsq.quantize_(pipe, adatsq.Recipe(method="adatsq"))  # in place
     adatsq.save(pipe, policy, "flux-w4a4")  # safetensors + JSON
     pipe, policy = adatsq.load("flux-w4a4")
+    transformer = adatsq.load_transformer("flux-w4a4")  # for a diffusers pipeline's transformer=
 
 The names are loaded on first use (:func:`lazy`), so that ``import adatsq`` (and the command
 line's ``--help``) does not import torch and diffusers.
@@ -25,7 +26,8 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that is not ins
     __version__ = "0+unknown"
 
 _API = {"Recipe": "adatsq.config", "Policy": "adatsq.policy", "load": "adatsq.pipeline",
-        "load_pipeline": "adatsq.pipeline", "quantize_": "adatsq.pipeline",
+        "load_pipeline": "adatsq.pipeline", "load_transformer": "adatsq.pipeline",
+        "quantize_": "adatsq.pipeline",
         "save": "adatsq.pipeline"}
 __all__ = sorted(_API)
 

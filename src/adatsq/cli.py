@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _parser(sub, "generate", "generate samples from prompts")
     p.add_argument("model", nargs="?", help="zoo name, local diffusers folder or hub id")
     p.add_argument("--artifact", help="a quantized artifact folder instead of a model")
+    p.add_argument("--base", help="with --artifact: the diffusers pipeline (hub id or folder) "
+                   "the text encoders, VAE and scheduler come from (default: the one the "
+                   "artifact records)")
     p.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     p.add_argument("--prompts-file", help="prompts, one per line")
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample (sample i "
@@ -118,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the artifact's model card
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = adatsq.lazy("adatsq.commands")

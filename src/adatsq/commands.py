@@ -10,6 +10,7 @@ with a one-line error and exit code 2, checked in the order of the arguments. Ou
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -25,6 +26,7 @@ from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec
 from adatsq.eval.plots import frame_strips, sample_grid
 from adatsq.files import atomic_path, check_output
 from adatsq.methods import get_method, method_names
+from adatsq.models.pipelines import reference
 from adatsq.pipeline import load, load_pipeline, quantize_, save
 from adatsq.zoo import registry
 
@@ -46,6 +48,20 @@ def _positive(args, *names: str) -> None:
         value = getattr(args, name, None)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def command_line(argv: list[str]) -> str:
+    """``adatsq <argv>`` as a model card records it: absolute paths by their last part.
+
+    Example:
+        >>> command_line(["quantize", "/data/flux", "--out=/tmp/art", "--w-bits", "4"])
+        'adatsq quantize flux --out=art --w-bits 4'
+    """
+    def portable(arg: str) -> str:
+        flag, eq, value = arg.partition("=")
+        return f"{flag}={reference(value)}" if eq and flag.startswith("--") else reference(arg)
+
+    return " ".join(["adatsq", *(shlex.quote(portable(a)) for a in argv)])
 
 
 def recipe_of(args) -> Recipe:
@@ -193,6 +209,9 @@ def cmd_generate(args) -> int:
         _check_model(args.model)
     if args.artifact:
         io.read_manifest(args.artifact)  # exists and is an artifact, before anything else
+    if args.base and not args.artifact:
+        raise ValueError("--base names the pipeline of an --artifact; without one, name the "
+                         "model itself")
     if not (args.model or args.artifact):
         raise ValueError("name a model (zoo name, folder or hub id) or pass --artifact DIR")
     prompts = _read_prompts(args)
@@ -205,14 +224,14 @@ def cmd_generate(args) -> int:
                          f"{', '.join(IMAGE_SUFFIXES)} images or {', '.join(VIDEO_SUFFIXES)} "
                          "clips; name such a file or a folder ending in /")
     check_output(args.out, kind, args.overwrite,
-                 inputs=(args.artifact, args.model, args.prompts_file))
+                 inputs=(args.artifact, args.model, args.base, args.prompts_file))
     settings = _settings(args, "height", "width", "frames")
     steps = args.steps
     if args.artifact:
         if args.dtype is not None and not registry.is_zoo_name(
-                io.read_manifest(args.artifact)["model"]):
+                args.base or io.read_manifest(args.artifact)["model"]):
             settings["dtype"] = DTYPES[args.dtype]
-        pipe, policy = load(args.artifact, **settings)
+        pipe, policy = load(args.artifact, base=args.base, **settings)
         pipe = _with_dtype(pipe, args.dtype)
         steps = steps or policy.steps  # the steps its bits were chosen for
     else:
@@ -251,7 +270,8 @@ def cmd_quantize(args) -> int:
     policy = quantize_(pipe, recipe, checkpoint=checkpoint)
     if not ranks.main:
         return 0
-    save(pipe, policy, args.out)  # replaces the folder, checkpoint included, at once
+    # replaces the folder, checkpoint included, at once
+    save(pipe, policy, args.out, command=command_line(args.argv))
     size = io.model_bytes(pipe.transformer)
     a_bits = policy.average_activation_bits
     print(f"wrote {args.out}: {recipe.method} W{policy.weight_bits}A{a_bits:g}"

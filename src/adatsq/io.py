@@ -10,6 +10,13 @@ Layout of an artifact directory::
                         per-layer layout (each quantized layer's ``QuantLinear.layout()``: the
                         quantization map), SHA-256 of model.safetensors
     policy.json         the policy (per-step activation bits, recipe, settings)
+    config.json         the transformer's diffusers config, with a ``quantization_config``
+                        that makes diffusers' own loader refuse the folder (:mod:`adatsq.card`)
+    README.md           the model card
+
+Nothing in it names a path of the machine that made it: the base pipeline is recorded as a hub
+id, a zoo name or a folder name (:func:`adatsq.models.pipelines.reference`), so a copied or moved
+artifact loads anywhere.
 
 A quantized layer holds exactly what is stored (its ``state_dict``: packed codes and 16-bit
 floats), so it is written and read as is; the rest of a float32 model is rounded to FP16 when it
@@ -33,7 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from adatsq.files import atomic_dir, write_json
+from adatsq import card
+from adatsq.files import atomic_dir, write_json, write_text
 from adatsq.policy import Policy
 from adatsq.quant.qlinear import QuantLinear, set_module
 from adatsq.quant.qlinear import storage_dtype as layer_storage_dtype
@@ -92,12 +100,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save(model: nn.Module, policy: Policy, path: str | Path, source: dict[str, Any]) -> Path:
+def save(model: nn.Module, policy: Policy, path: str | Path, source: dict[str, Any],
+         command: str | None = None) -> Path:
     """Writes the artifact of a quantized ``model`` to directory ``path``.
 
     Args:
-        source: how to rebuild the transformer skeleton: ``{"model": name or path,
-            "model_class": ..., "config": {...}}``.
+        source: how to rebuild the transformer skeleton: ``{"model": hub id, zoo name or folder
+            name, "model_class": ..., "config": {...}}``.
+        command: the command that made it, for the model card.
     """
     path = Path(path)
     dtype = storage_dtype(model)
@@ -110,6 +120,8 @@ def save(model: nn.Module, policy: Policy, path: str | Path, source: dict[str, A
                     "sha256": _sha256(tmp / "model.safetensors")}
         write_json(manifest, tmp / "manifest.json")
         policy.save(tmp / "policy.json")
+        write_json(card.diffusers_config(source, FORMAT_VERSION), tmp / "config.json")
+        write_text(card.model_card(policy, source, command), tmp / "README.md")
     return path
 
 

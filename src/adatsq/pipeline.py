@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from adatsq.eval.fidelity import psnr_per_image
 from adatsq.eval.tasks import task_for
 from adatsq.io import round_to_storage_
 from adatsq.methods import get_method
-from adatsq.models.pipelines import check_transformer, load_diffusers_pipeline
+from adatsq.models.base import adapter_for
+from adatsq.models.pipelines import check_transformer, load_diffusers_pipeline, wrap
 from adatsq.policy import LayerPolicy, Policy
 from adatsq.quant.qlinear import (
     EXECUTIONS,
@@ -79,7 +81,9 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
     """Quantizes ``pipeline.transformer`` in place with ``recipe``; returns the policy.
 
     Args:
-        pipeline: a zoo or diffusers pipeline (see :func:`load_pipeline`).
+        pipeline: a zoo or diffusers pipeline (see :func:`load_pipeline`), or a diffusers
+            ``FluxPipeline``, ``ZImagePipeline`` or ``WanPipeline`` object (sampled with its
+            family's defaults; its transformer is quantized in place).
         recipe: what to do.
         stats: calibration statistics to reuse (captured if the method needs them and none given).
         metric: ``metric(images, prompts) -> float`` (higher is better) for methods that select
@@ -104,6 +108,8 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
     """
     if execution not in EXECUTIONS:
         raise ValueError(f"unknown execution {execution!r}; use one of {', '.join(EXECUTIONS)}")
+    if isinstance(pipeline, diffusers.DiffusionPipeline):
+        pipeline = wrap(pipeline)
     t0 = time.time()
     ranks = distributed.current()
     progress = progress and ranks.main
@@ -246,8 +252,28 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
                                        "source": method.source, **policy.settings,
                                        "seconds": time.time() - t0, "phases": phases})
     policy.apply_(model)
+    _mark_quantized(model, policy, pipeline.source())
     log.info("%s %s done in %.1fs", recipe.method, recipe.label, policy.settings["seconds"])
     return policy
+
+
+def _mark_quantized(transformer: nn.Module, policy: Policy, source: dict) -> None:
+    """Gives a quantized transformer its policy and a ``save_pretrained`` that writes an
+    artifact: diffusers' own would write packed tensors that no diffusers loader reads (a
+    pipeline's ``save_pretrained`` calls it for its transformer too)."""
+    transformer.adatsq_policy = policy
+    transformer.adatsq_source = source
+    # bound to the model: a deep copy of the model saves itself
+    transformer.save_pretrained = types.MethodType(_save_pretrained, transformer)
+
+
+def _save_pretrained(transformer: nn.Module, save_directory: str | Path,
+                     push_to_hub: bool = False, **ignored) -> Path:
+    if push_to_hub:
+        raise ValueError("diffusers does not push an adatsq transformer; save it, then upload "
+                         "the folder ('hf upload')")
+    return io.save(transformer, transformer.adatsq_policy, save_directory,
+                   transformer.adatsq_source)
 
 
 def layer_groups(layers: dict[str, nn.Linear], steps: int, mode: str,
@@ -266,9 +292,10 @@ def layer_groups(layers: dict[str, nn.Linear], steps: int, mode: str,
     return groups + [current] if current else groups
 
 
-def save(pipeline, policy: Policy, path: str | Path) -> Path:
+def save(pipeline, policy: Policy, path: str | Path, command: str | None = None) -> Path:
     """Writes the quantized transformer of ``pipeline`` and its ``policy`` as an artifact
-    (:mod:`adatsq.io`); :func:`load` reads it back.
+    (:mod:`adatsq.io`; ``command``, the one that made it, goes in its model card);
+    :func:`load` reads it back, :func:`load_transformer` its transformer alone.
 
     Example:
         >>> import tempfile
@@ -279,20 +306,86 @@ def save(pipeline, policy: Policy, path: str | Path) -> Path:
         >>> same == policy
         True
     """
-    return io.save(pipeline.transformer, policy, path, pipeline.source())
+    return io.save(pipeline.transformer, policy, path, pipeline.source(), command)
 
 
-def load(path: str | Path, **settings):
+def load_transformer(path: str | Path, dtype: torch.dtype | None = None,
+                     device: str | torch.device | None = None) -> nn.Module:
+    """The quantized transformer of the artifact at ``path``, from the artifact alone: a
+    diffusers model (``FluxTransformer2DModel``, ...) that the base model's diffusers pipeline
+    takes as ``transformer=``; its policy is ``transformer.adatsq_policy``, and its
+    ``save_pretrained`` writes the artifact again.
+
+    Args:
+        dtype: of its 16-bit rest (default: bfloat16 on CUDA, float32 on the CPU).
+        device: default: CUDA when available, else the CPU.
+
+    Example:
+        >>> transformer = load_transformer("flux-w4a4")  # doctest: +SKIP
+        >>> pipe = FluxPipeline.from_pretrained("black-forest-labs/FLUX.1-dev",
+        ...                                     transformer=transformer)  # doctest: +SKIP
+    """
+    manifest = io.read_manifest(path)
+    cls = _transformer_class(path, manifest)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    transformer, policy = io.load_quantized(_builder(path, cls, manifest), path, dtype, device)
+    attach_tracker(transformer, adapter_for(transformer), policy.schedule)
+    _mark_quantized(transformer, policy, {k: manifest[k] for k in ("model", "model_class",
+                                                                    "config", "sampling")
+                                          if k in manifest})
+    return transformer
+
+
+def _transformer_class(path, manifest: dict) -> type[nn.Module]:
+    cls = getattr(diffusers, manifest["model_class"], None)
+    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
+        raise io.ArtifactError(f"{path}: {manifest['model_class']!r} is not a diffusers model "
+                               "class; the manifest is corrupt, re-create the artifact")
+    return cls
+
+
+def _builder(path, cls: type[nn.Module], manifest: dict):
+    def build() -> nn.Module:
+        try:
+            return cls(**manifest["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise io.ArtifactError(f"{path}: cannot rebuild the transformer ({exc})") from None
+    return build
+
+
+def _recorded_base(path: str | Path, recorded: str) -> str:
+    """The base an artifact records, found as given (a zoo name, hub id or folder from the
+    working directory) or, for a folder name, beside the artifact."""
+    sibling = Path(path).parent / recorded
+    if not Path(recorded).exists() and (sibling / "model_index.json").is_file():
+        return str(sibling)
+    return recorded
+
+
+def load(path: str | Path, base: str | None = None, **settings):
     """``(pipeline, policy)`` of the artifact at ``path``: a pipeline whose transformer is the
     quantized model, as :func:`save` wrote it.
 
-    A diffusers pipeline samples as it did when quantized unless ``settings`` say otherwise
-    (see :func:`adatsq.models.pipelines.load_diffusers_pipeline`; ``dtype`` also sets the dtype
-    of the transformer's 16-bit rest). The full-precision transformer is never built: memory
-    stays near the artifact's size (:func:`adatsq.io.load_quantized`).
+    Args:
+        base: the pipeline the rest (text encoders, VAE, scheduler) comes from: a hub id or a
+            folder; default: the one the artifact records (a hub id or zoo name as given; an
+            artifact made from a local folder records only the folder's name, found in the
+            working directory or beside the artifact; pass ``base`` where it is elsewhere).
+        settings: sampling settings of a diffusers pipeline, which otherwise samples as it did
+            when quantized (see :func:`adatsq.models.pipelines.load_diffusers_pipeline`;
+            ``dtype`` also sets the dtype of the transformer's 16-bit rest).
+
+    The full-precision transformer is never built: memory stays near the artifact's size
+    (:func:`adatsq.io.load_quantized`).
     """
     manifest = io.read_manifest(path)
-    entry = registry.get(manifest["model"]) if registry.is_zoo_name(manifest["model"]) else None
+    recorded = manifest["model"]
+    if base is not None and registry.is_zoo_name(recorded) and base != recorded:
+        raise ValueError(f"{path} was made from the embedded model {recorded}; it has no other "
+                         "base")
+    base = base or _recorded_base(path, recorded)
+    entry = registry.get(base) if registry.is_zoo_name(base) else None
     if entry is not None:  # checked before any weight is read
         if settings:
             raise ValueError(f"{', '.join(sorted(settings))}: only for diffusers pipelines")
@@ -303,27 +396,18 @@ def load(path: str | Path, **settings):
                                    "re-create it")
     else:
         try:
-            check_transformer(manifest["model"], manifest["model_class"], manifest["config"])
+            check_transformer(base, manifest["model_class"], manifest["config"])
         except ValueError as exc:
-            raise io.ArtifactError(f"{path}: {exc}; wrong model for this artifact?") from None
-    cls = getattr(diffusers, manifest["model_class"], None)
-    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
-        raise io.ArtifactError(f"{path}: {manifest['model_class']!r} is not a diffusers model "
-                               "class; the manifest is corrupt, re-create the artifact")
-
-    def build() -> nn.Module:
-        try:
-            return cls(**manifest["config"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise io.ArtifactError(f"{path}: cannot rebuild the transformer ({exc})") from None
-
+            hint = (f"; pass base= (--base) naming the pipeline folder {recorded!r} it was "
+                    "made from" if base == recorded and not Path(base).exists()
+                    and "/" not in base else "; wrong model for this artifact?")
+            raise io.ArtifactError(f"{path}: {exc}{hint}") from None
     cuda = entry is None and torch.cuda.is_available()
-    dtype = settings.get("dtype") or (torch.bfloat16 if cuda else torch.float32)
-    transformer, policy = io.load_quantized(build, path, dtype, "cuda" if cuda else "cpu")
+    transformer = load_transformer(path, settings.get("dtype"), "cuda" if cuda else "cpu")
+    policy = transformer.adatsq_policy
     if entry is not None:
         pipe = DigitPipeline(entry, transformer, task_for(entry))
     else:
         settings = {**manifest.get("sampling", {}), **settings}
-        pipe = load_diffusers_pipeline(manifest["model"], transformer=transformer, **settings)
-    attach_tracker(transformer, pipe.adapter, policy.schedule)
+        pipe = load_diffusers_pipeline(base, transformer=transformer, **settings)
     return pipe, policy

@@ -104,6 +104,9 @@ class FluxFamily(KLFamily):
         return Sampling(steps=4, guidance_scale=0.0, height=1024, width=1024,
                         max_sequence_length=256)
 
+    def cfg_scale(self, guidance_scale):
+        return 1.0  # Flux-Dev's guidance is a model input (encode); Schnell has none
+
     def encode(self, pipe, prompts, sampling, device):
         states, pooled, _ = pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=device,
                                                max_sequence_length=sampling.max_sequence_length)

@@ -2,10 +2,11 @@
 
 :class:`DiffusersPipeline` gives a diffusers pipeline the interface the quantization flow uses
 (that of :class:`adatsq.zoo.pipeline.DigitPipeline`): prompts are encoded by the pipeline's own
-``encode_prompt``; our Euler sampler (:func:`adatsq.models.sampling.sample`) integrates on the
-pipeline's noise schedule (its scheduler's shift, sigmas ``1 .. 1/n``); the pipeline's VAE decodes
-the latents with the pipeline's latent normalization. What differs between pipeline classes
-(encoder arguments, latent layout, VAE scaling, guidance, defaults) is one small :class:`Family`
+``encode_prompt``; our sampler (:func:`adatsq.models.sampling.sample`) steps the pipeline's own
+solver set as its ``__call__`` sets it (Euler on shifted sigmas ``1 .. 1/n`` for Flux and Z-Image,
+UniPC for Wan); the pipeline's VAE decodes the latents with the pipeline's latent normalization.
+What differs between pipeline classes (encoder arguments, latent layout, VAE scaling, guidance,
+solver, defaults) is one small :class:`Family`
 each, registered by its pipeline class name (:func:`register_family`) in the file of its
 transformer class, beside that class's adapter (``models/flux.py``, ``zimage.py``, ``wan.py``).
 
@@ -30,11 +31,12 @@ from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
 from adatsq import io
 from adatsq.models.base import Conditioning, adapter_for
-from adatsq.models.sampling import SamplingPipeline
+from adatsq.models.sampling import SamplingPipeline, make_scheduler
 from adatsq.strict import check_keys
 
 log = logging.getLogger(__name__)
@@ -117,9 +119,17 @@ class Family(ABC):
     def check(self, pipe, sampling: Sampling) -> None:
         """Raises ValueError for settings or pipeline variants that are not supported."""
 
+    @abstractmethod
     def cfg_scale(self, guidance_scale: float) -> float:
-        """The classifier-free guidance scale of our sampler (1: no unconditional pass)."""
-        return 1.0
+        """The classifier-free guidance scale of our sampler for the pipeline's guidance
+        setting (1: no unconditional pass; a guidance that is a model input enters through
+        ``encode`` instead)."""
+
+    @abstractmethod
+    def scheduler(self, pipe, steps: int, shift: float) -> SchedulerMixin:
+        """A fresh scheduler set to ``steps`` exactly as the pipeline's ``__call__`` sets its
+        own (``shift``: :func:`scheduler_shift` of its config at this resolution); sampling
+        with it reproduces the pipeline (tests/integration)."""
 
     @abstractmethod
     def encode(self, pipe, prompts: list[str], sampling: Sampling, device) -> Conditioning:
@@ -143,7 +153,12 @@ class Family(ABC):
 
 
 class KLFamily(Family):
-    """Image pipelines with an ``AutoencoderKL`` (latents ``(z - shift) * scale``), 2x2 patches."""
+    """Image pipelines with an ``AutoencoderKL`` (latents ``(z - shift) * scale``), 2x2 patches,
+    sampled by Euler on the sigmas ``1 .. 1/n`` under the scheduler's shift (as the Flux and
+    Z-Image pipelines pass them)."""
+
+    def scheduler(self, pipe, steps, shift):
+        return make_scheduler(steps, shift, "linear")
 
     def check(self, pipe, sampling):
         multiple = 2 * _vae_factor(pipe.vae)
@@ -191,7 +206,7 @@ class DiffusersPipeline(SamplingPipeline):
 
     Args:
         pipe: the diffusers pipeline (any class of :data:`FAMILIES`).
-        model: the hub id or folder it came from (recorded in artifacts).
+        model: the hub id or folder it came from, as artifacts record it (:func:`reference`).
         calibration_file: a text file of calibration prompts, one per line (default: the
             GenEval-style prompts shipped with adatsq).
         **settings: overrides of the family's :class:`Sampling` defaults (``steps``,
@@ -204,7 +219,6 @@ class DiffusersPipeline(SamplingPipeline):
         torch.Size([1, 3, 512, 512])
     """
 
-    spacing = "linear"  # the sigmas 1 .. 1/n the Flux, Z-Image and Wan pipelines pass
     batch_size = 4
 
     def __init__(self, pipe, model: str, calibration_file: str | Path | None = None,
@@ -239,6 +253,10 @@ class DiffusersPipeline(SamplingPipeline):
     @property
     def shift(self) -> float:
         return self._shift
+
+    def scheduler(self, steps: int) -> SchedulerMixin:
+        """The pipeline's own solver, set as its ``__call__`` sets it (:meth:`Family.scheduler`)."""
+        return self.family.scheduler(self.pipe, steps, self.shift)
 
     def guidance(self, guidance_scale: float | None) -> float:
         """Our sampler's scale for a guidance in the pipeline's convention (Flux-Dev's
@@ -341,6 +359,29 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
+
+
+def reference(model: str) -> str:
+    """How an artifact records the pipeline it was made from: a hub id, or a folder as the
+    user gave it when relative; an absolute folder by its name alone, so that no path of the
+    maker's machine is stored (``load(path, base=...)`` names the folder where it is).
+
+    Example:
+        >>> reference("/home/me/models/flux-tiny"), reference("black-forest-labs/FLUX.1-dev")
+        ('flux-tiny', 'black-forest-labs/FLUX.1-dev')
+    """
+    path = Path(model).expanduser()
+    return path.name if path.is_absolute() else model
+
+
+def wrap(pipe, **settings) -> DiffusersPipeline:
+    """A diffusers pipeline object the user loaded as a :class:`DiffusersPipeline` (its
+    transformer is the same object: quantizing one quantizes the other)."""
+    if type(pipe).__name__ not in FAMILIES:
+        raise ValueError(f"{type(pipe).__name__} is not supported; supported pipelines: "
+                         f"{', '.join(FAMILIES)}")
+    origin = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path") or ""
+    return DiffusersPipeline(pipe, reference(str(origin)) or type(pipe).__name__, **settings)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -510,4 +551,5 @@ def load_diffusers_pipeline(model: str, transformer: nn.Module | None = None,
     pipe.set_progress_bar_config(disable=True)
     pipe.transformer.eval().requires_grad_(False)
     log.info("loaded %s (%s) on %s", model, kind, pipe.device)
-    return DiffusersPipeline(pipe, resolved, calibration_file=calibration_file, **settings)
+    return DiffusersPipeline(pipe, reference(model), calibration_file=calibration_file,
+                             **settings)

@@ -1,18 +1,28 @@
-"""A step-by-step flow-matching sampler (Euler, diffusers' ``FlowMatchEulerDiscreteScheduler``).
+"""A step-by-step flow-matching sampler driven by a diffusers scheduler.
 
 It calls the transformer through its adapter, applies classifier-free guidance by batching the
 unconditional and conditional halves, and reports every step to an optional callback, which is how
-calibration records the trajectory.
+calibration records the trajectory. The scheduler is the pipeline's own solver, set as its
+pipeline's ``__call__`` sets it: Euler (``FlowMatchEulerDiscreteScheduler``) for Flux and
+Z-Image, UniPC (``UniPCMultistepScheduler``, a multistep solver) for Wan; every step gives the
+transformer the scheduler's timestep ``t`` (as noise level ``t / 1000``) and hands its velocity
+back to ``scheduler.step``, exactly as those pipelines do.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -23,6 +33,7 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 SPACINGS = ("train", "linear")
+SOLVERS = ("euler", "unipc")
 
 
 def make_scheduler(steps: int, shift: float = 1.0,
@@ -46,9 +57,36 @@ def make_scheduler(steps: int, shift: float = 1.0,
     return scheduler
 
 
+def unipc_scheduler(steps: int, shift: float = 1.0) -> UniPCMultistepScheduler:
+    """Wan's solver with ``steps`` timesteps: UniPC (order 2, BH2) on flow sigmas, as
+    ``WanPipeline`` ships it (``flow_shift`` = ``shift``)."""
+    scheduler = UniPCMultistepScheduler(num_train_timesteps=1000, prediction_type="flow_prediction",
+                                        use_flow_sigmas=True, flow_shift=shift)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def solver_scheduler(solver: str, steps: int, shift: float = 1.0,
+                     spacing: str = "train") -> SchedulerMixin:
+    """A fresh scheduler of ``solver`` (:data:`SOLVERS`) set to ``steps``."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    return unipc_scheduler(steps, shift) if solver == "unipc" else \
+        make_scheduler(steps, shift, spacing)
+
+
+def step_sigmas(scheduler: SchedulerMixin) -> torch.Tensor:
+    """Noise levels (steps,) at which the transformer is called: Euler's sigmas; for another
+    solver the level of its timestep (``t / 1000``, as its pipeline passes ``t``)."""
+    n = len(scheduler.timesteps)
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        return scheduler.sigmas[:n].clone()
+    return (scheduler.timesteps.double() / 1000.0).float()
+
+
 def sigmas(steps: int, shift: float = 1.0, spacing: str = "train") -> torch.Tensor:
-    """Noise levels (steps,) at which the transformer is called."""
-    return make_scheduler(steps, shift, spacing).sigmas[:steps].clone()
+    """Noise levels (steps,) at which the Euler sampler calls the transformer."""
+    return step_sigmas(make_scheduler(steps, shift, spacing))
 
 
 def _cat(a: Conditioning, b: Conditioning) -> Conditioning:
@@ -88,16 +126,19 @@ def guided_velocity(adapter: Adapter, model: nn.Module, x: torch.Tensor, batch: 
 def sample(adapter: Adapter, model: nn.Module, noise: torch.Tensor, cond: Conditioning,
            uncond: Conditioning | None, steps: int, guidance_scale: float = 1.0,
            shift: float = 1.0, callback: StepCallback | None = None,
-           progress: bool | str = False, spacing: str = "train") -> torch.Tensor:
+           progress: bool | str = False, spacing: str = "train",
+           scheduler: SchedulerMixin | None = None) -> torch.Tensor:
     """Integrates from ``noise`` (B, ...) in the adapter's latent layout to clean latents.
 
     Args:
         uncond: conditioning of the empty prompt (batch 1 or B); needed unless
             ``guidance_scale == 1``.
         progress: show a bar per step (a string is used as its label).
-        shift, spacing: the noise schedule (see :func:`make_scheduler`).
+        shift, spacing: the Euler noise schedule (see :func:`make_scheduler`).
+        scheduler: a fresh scheduler set to its timesteps instead (a multistep solver keeps
+            state: one per call); ``steps``, ``shift`` and ``spacing`` are then unused.
     """
-    scheduler = make_scheduler(steps, shift, spacing)
+    scheduler = scheduler or make_scheduler(steps, shift, spacing)
     x = noise
     b = x.shape[0]
     batch = guidance_batch(cond, uncond, guidance_scale)
@@ -119,6 +160,47 @@ def seeded_noise(shape: tuple[int, ...], n: int, seed: int, first: int = 0) -> t
     return torch.stack([torch.randn(shape, generator=g) for g in gens])
 
 
+OUTPUT_TYPES = ("pil", "np", "pt")
+"""What :meth:`SamplingPipeline.__call__` returns, in diffusers' conventions: PIL images, numpy
+arrays (B, H, W, 3) or tensors (B, 3, H, W) in [0, 1]; for video, per clip its frames."""
+
+
+@dataclass
+class VideoOutput(BaseOutput):
+    """The clips of a video pipeline call, as diffusers' video pipelines return them:
+    ``frames`` is a list (per clip) of PIL frames, an array (B, F, H, W, 3) or a tensor
+    (B, F, 3, H, W), in [0, 1]."""
+
+    frames: Any
+
+
+def to_output(samples: torch.Tensor, output_type: str = "pil"):
+    """Samples in [-1, 1] (B, 3, H, W) or clips (B, 3, F, H, W) as diffusers returns them."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got "
+                         f"{output_type!r}")
+    unit = ((samples.float().cpu() + 1) / 2).clamp(0, 1)
+    if samples.ndim == 5:
+        frames = unit.permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W)
+        if output_type == "pt":
+            return VideoOutput(frames=frames)
+        arrays = frames.permute(0, 1, 3, 4, 2).numpy()  # (B, F, H, W, 3)
+        if output_type == "np":
+            return VideoOutput(frames=arrays)
+        return VideoOutput(frames=[[Image.fromarray(_bytes(f)) for f in clip]
+                                   for clip in arrays])
+    if output_type == "pt":
+        return ImagePipelineOutput(images=unit)
+    arrays = unit.permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
+    if output_type == "np":
+        return ImagePipelineOutput(images=arrays)
+    return ImagePipelineOutput(images=[Image.fromarray(_bytes(a)) for a in arrays])
+
+
+def _bytes(unit: np.ndarray) -> np.ndarray:
+    return (unit * 255).round().astype(np.uint8)
+
+
 class SamplingPipeline(ABC):
     """What every :class:`~adatsq.models.base.Pipeline` shares: the seeding rule, the empty
     prompt's conditioning (computed once), the noise schedule and the sampling loop.
@@ -131,6 +213,8 @@ class SamplingPipeline(ABC):
     adapter: Adapter
     #: noise levels before the shift (see :func:`make_scheduler`).
     spacing: ClassVar[str] = "train"
+    #: the solver (:data:`SOLVERS`) of :meth:`scheduler`.
+    solver: ClassVar[str] = "euler"
     #: prompts sampled at once when ``generate`` is not told.
     batch_size: ClassVar[int] = 256
 
@@ -188,14 +272,38 @@ class SamplingPipeline(ABC):
             self._null = self.encode([""])
         return self._null
 
+    def scheduler(self, steps: int) -> SchedulerMixin:
+        """A fresh scheduler set to ``steps``: the solver this pipeline samples with."""
+        return solver_scheduler(self.solver, steps, self.shift, self.spacing)
+
     def schedule(self, steps: int | None = None) -> torch.Tensor:
         """Timestep values (T,) the transformer receives at each step."""
-        return self.adapter.model_timestep(sigmas(steps or self.default_steps, self.shift,
-                                                  self.spacing))
+        return self.adapter.model_timestep(step_sigmas(self.scheduler(steps or
+                                                                      self.default_steps)))
 
     def noise(self, n: int, seed: int, first: int = 0) -> torch.Tensor:
         """Initial latents (see :func:`seeded_noise`) on the transformer's device and dtype."""
         return seeded_noise(self.latent_shape(), n, seed, first).to(self.device, self.dtype)
+
+    def __call__(self, prompt: str | list[str], num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, seed: int = 0,
+                 output_type: str = "pil", return_dict: bool = True):
+        """Samples ``prompt`` as a diffusers pipeline call does: ``.images`` (a list of PIL
+        images by default), or ``.frames`` of a video model (see :data:`OUTPUT_TYPES`); a
+        tuple holding that list when ``return_dict`` is False. Deterministic given ``seed``
+        (:meth:`generate`, which returns the samples as one tensor in [-1, 1]).
+
+        Example:
+            >>> pipe = load_pipeline("flux-digits")  # doctest: +SKIP
+            >>> pipe("a red 3").images[0].save("three.png")  # doctest: +SKIP
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if output_type not in OUTPUT_TYPES:  # before sampling
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got "
+                             f"{output_type!r}")
+        out = to_output(self.generate(prompts, seed, num_inference_steps, guidance_scale),
+                        output_type)
+        return out if return_dict else out.to_tuple()
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seed: int = 0, steps: int | None = None,
@@ -227,7 +335,7 @@ class SamplingPipeline(ABC):
             chunk = prompts[i:i + size]
             latents = sample(self.adapter, self.transformer, noise[i:i + size],
                              self.conditioning(chunk, guidance_scale), uncond, steps, scale,
-                             shift=self.shift, callback=callback, progress=progress,
-                             spacing=self.spacing)
+                             callback=callback, progress=progress,
+                             scheduler=self.scheduler(steps))
             out.append(self.from_latents(latents))
         return torch.cat(out)

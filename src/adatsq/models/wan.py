@@ -80,6 +80,13 @@ class WanFamily(Family):
     def cfg_scale(self, guidance_scale):
         return guidance_scale if guidance_scale > 1.0 else 1.0
 
+    def scheduler(self, pipe, steps, shift):
+        """A copy of the pipeline's own scheduler (UniPC on flow sigmas as Wan ships, or
+        whatever the user installed) set to ``steps`` as ``WanPipeline`` sets it."""
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        scheduler.set_timesteps(steps)
+        return scheduler
+
     def encode(self, pipe, prompts, sampling, device):
         states, _ = pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False,
                                        max_sequence_length=sampling.max_sequence_length,

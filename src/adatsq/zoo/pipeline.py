@@ -55,6 +55,10 @@ class DigitPipeline(SamplingPipeline):
     def shift(self) -> float:
         return self.entry.shift
 
+    @property
+    def solver(self) -> str:
+        return self.entry.solver
+
     def guidance(self, guidance_scale: float | None) -> float:
         return float(self.entry.guidance_scale if guidance_scale is None else guidance_scale)
 

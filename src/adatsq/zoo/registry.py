@@ -22,7 +22,7 @@ from adatsq.files import atomic_path, write_json
 from adatsq.models import adapter_for
 from adatsq.models.base import modulated_classes, no_modulation_sites
 from adatsq.models.massive import massive_activations_
-from adatsq.models.sampling import sample
+from adatsq.models.sampling import sample, solver_scheduler
 from adatsq.zoo import clips, scenes
 from adatsq.zoo.codec import codec_for
 from adatsq.zoo.text import MiniLMEncoder
@@ -44,6 +44,8 @@ class ZooEntry:
         shift: flow shift of the sampling schedule, ``sigma -> shift sigma / (1 + (shift - 1)
             sigma)`` (1.0 = none; more steps at high noise above 1, as Wan2.1 samples).
         text_length: text tokens (MiniLM positions, padded).
+        solver: the sampler's solver (:data:`adatsq.models.sampling.SOLVERS`): ``"euler"``
+            as the Flux and Z-Image pipelines sample, ``"unipc"`` as Wan's does.
         training: :class:`~adatsq.zoo.train.TrainConfig` fields that differ from its defaults
             for this model (the shipped weights were trained with them).
         frames: frames per sample of a text-to-video model (0: an image model on digit scenes;
@@ -61,6 +63,7 @@ class ZooEntry:
     guidance_scale: float
     shift: float = 1.0
     text_length: int = 10
+    solver: str = "euler"
     frames: int = 0
     description: str = ""
     training: dict = field(default_factory=dict, hash=False)
@@ -183,7 +186,7 @@ class ZooEntry:
         noise = torch.randn(prompts, *shape, generator=torch.Generator().manual_seed(0))
         sample(adapter_for(model), model, noise, codec.text_conditioning(*encoder(texts)),
                codec.text_conditioning(*encoder([""])), steps, self.guidance_scale,
-               shift=self.shift)
+               scheduler=solver_scheduler(self.solver, steps, self.shift))
 
 
 _FLUX_DIGITS = dict(patch_size=1, in_channels=48, num_layers=2, num_single_layers=3,
@@ -214,7 +217,7 @@ ENTRIES = {
                  description="ZImageTransformer2DModel (1+1 refiner + 4 main blocks, width 128) "
                              "trained on prompted digit scenes; 10 steps like Z-Image"),
         ZooEntry("wan-digits", "WanTransformer3DModel", _WAN_DIGITS, "wan-digits", steps=25,
-                 guidance_scale=5.0, shift=5.0, frames=clips.FRAMES,
+                 guidance_scale=5.0, shift=5.0, solver="unipc", frames=clips.FRAMES,
                  # shipped weights: 3500 steps, resumed to 6500 (a warm restart of the cosine),
                  # then trained on from those weights (--init) for 8000 more steps (its first
                  # 2500 under a 5000-step cosine, then resumed under the 8000-step one)
