@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from adatsq.eval.plots import selection_plot, step_damage_plot
+from adatsq.eval.plots import frame_strips, sample_grid, selection_plot, step_damage_plot
 
 
 def _read(path):
@@ -27,3 +27,27 @@ def test_step_damage_plot_normalizes_each_curve(tmp_path):
               "losses": {"guided": [1.0, 2.0, 3.0]}, "spearman": {"guided": -1.0}}
     image = _read(step_damage_plot(report, tmp_path / "damage.png"))
     assert image.ndim == 3 and image.shape[0] > 100
+
+
+def _widest_blank_band(image: np.ndarray) -> int:
+    """The most consecutive all-white rows of an image."""
+    blank = (image >= 250).all(axis=(1, 2))
+    best = run = 0
+    for b in blank:
+        run = run + 1 if b else 0
+        best = max(best, run)
+    return best
+
+
+def test_sample_sheets_have_no_blank_band(tmp_path):
+    """Tall sheets (a bench's 39 methods) and frame strips: the title sits right above the grid,
+    and no white band is taller than a tenth of one sample row."""
+    grey = np.zeros((12, 3, 32, 32))
+    tall = sample_grid({f"method {i}": grey for i in range(39)}, [f"a {i}" for i in range(12)],
+                       tmp_path / "tall.png", title="tiny: rows = methods, columns = prompts")
+    clips = frame_strips(np.zeros((4, 3, 5, 32, 32)))
+    wide = sample_grid({f"method {i}": clips for i in range(3)}, [f"a {i}" for i in range(4)],
+                       tmp_path / "clips.png", title="tiny video")
+    for path, rows in ((tall, 39), (wide, 3)):
+        image = _read(path)
+        assert _widest_blank_band(image) < image.shape[0] / rows / 3, path.name

@@ -48,7 +48,8 @@ def sample_grid(rows: dict[str, np.ndarray], prompts: list[str], path: str | Pat
     first = next(iter(rows.values()))
     aspect = first.shape[-1] / first.shape[-2]  # > 1 for frame strips
     side = 1.15 if aspect == 1 else 0.8
-    fig, axes = plt.subplots(len(rows), k, squeeze=False,
+    # constrained layout keeps the title right above the grid (no blank band on tall sheets)
+    fig, axes = plt.subplots(len(rows), k, squeeze=False, layout="constrained",
                              figsize=(side * aspect * k + 1.2, (side + 0.1) * len(rows) + 0.6))
     for r, (label, images) in enumerate(rows.items()):
         for c in range(k):
