@@ -41,7 +41,7 @@ from safetensors import safe_open
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the tiny pipeline builders of the tests
 
-from tests.integration.tiny_pipelines import tiny_flux  # noqa: E402
+from tests.models.examples import tiny_flux  # noqa: E402
 
 from adatsq.bench import environment  # noqa: E402
 from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec  # noqa: E402

@@ -24,6 +24,7 @@ import torch
 
 from adatsq.bench import combine, compare, make_rows, markdown_table
 from adatsq.files import write_json
+from adatsq.zoo.registry import ENTRIES
 
 METHODS = ["rtn", "adatsq", "svdquant", "svdquant_r32", "adatsq_lr", "gptq", "quarot", "vidit_q",
            "smoothquant", "q_dit"]
@@ -136,7 +137,7 @@ def main() -> int:
         write_json({"wall_seconds": time.time() - t0, "rows": len(rows),
                     "fp_calibration_seconds": unit}, out / "timing.json")
         print(f"## {model}\n\n{markdown_table(report)}\n")
-        combine(args.out)
+        combine(args.out, list(ENTRIES))  # the zoo's order, whichever models ran
     return 0
 
 

@@ -26,7 +26,7 @@ from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec
 from adatsq.eval.plots import frame_strips, sample_grid
 from adatsq.files import atomic_path, check_output
 from adatsq.methods import get_method, method_names
-from adatsq.models.pipelines import reference
+from adatsq.models.sources import reference
 from adatsq.pipeline import load, load_pipeline, quantize_, save
 from adatsq.zoo import registry
 

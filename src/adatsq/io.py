@@ -15,7 +15,7 @@ Layout of an artifact directory::
     README.md           the model card
 
 Nothing in it names a path of the machine that made it: the base pipeline is recorded as a hub
-id, a zoo name or a folder name (:func:`adatsq.models.pipelines.reference`), so a copied or moved
+id, a zoo name or a folder name (:func:`adatsq.models.sources.reference`), so a copied or moved
 artifact loads anywhere.
 
 A quantized layer holds exactly what is stored (its ``state_dict``: packed codes and 16-bit

@@ -11,8 +11,9 @@ import json
 import logging
 import time
 import types
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import diffusers
 import torch
@@ -26,8 +27,10 @@ from adatsq.eval.fidelity import psnr_per_image
 from adatsq.eval.tasks import task_for
 from adatsq.io import round_to_storage_
 from adatsq.methods import get_method
+from adatsq.methods.base import Method
 from adatsq.models.base import adapter_for
-from adatsq.models.pipelines import check_transformer, load_diffusers_pipeline, wrap
+from adatsq.models.pipelines import load_diffusers_pipeline, wrap
+from adatsq.models.sources import check_transformer
 from adatsq.policy import LayerPolicy, Policy
 from adatsq.quant.qlinear import (
     EXECUTIONS,
@@ -110,6 +113,48 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
         raise ValueError(f"unknown execution {execution!r}; use one of {', '.join(EXECUTIONS)}")
     if isinstance(pipeline, diffusers.DiffusionPipeline):
         pipeline = wrap(pipeline)
+    run = _start(pipeline, recipe, progress, metric, checkpoint)
+    stats, groups = _calibrate(run, stats)
+    tracker = StepTracker(pipeline.schedule(run.steps))
+    _prepare(run, stats)
+    quantized = _solve_layers(run, groups, stats, tracker)
+    tracker = _install(run, quantized, tracker)
+    policy = _search(run, stats, tracker, quantized, execution)
+    return _finish(run, policy)
+
+
+@dataclass
+class _Run:
+    """What the steps of :func:`quantize_` share."""
+
+    pipeline: Any
+    recipe: Recipe
+    method: Method
+    ranks: distributed.Ranks
+    progress: bool
+    steps: int
+    layers: dict[str, nn.Linear | None]
+    """The quantizable layers by name (``None`` once replaced in place)."""
+    ckpt: Checkpoint | None
+    restored: dict[str, QuantLinear]
+    """Layers a checkpoint already holds."""
+    prompts: list[str] | None
+    started: float
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def calibration_prompts(self) -> list[str]:
+        if self.prompts is None:
+            calib = self.recipe.calibration
+            self.prompts = self.pipeline.calibration_prompts(calib.num_prompts, calib.seed)
+        return self.prompts
+
+    def timed(self, phase: str, since: float) -> None:
+        self.phases[phase] = time.time() - since
+
+
+def _start(pipeline, recipe: Recipe, progress: bool, metric, checkpoint) -> _Run:
+    """The method, the layers to quantize (refusing a quantized or non-finite model) and the
+    checkpoint to resume from."""
     t0 = time.time()
     ranks = distributed.current()
     progress = progress and ranks.main
@@ -118,87 +163,104 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
     if metric is not None:
         method.metric = metric
     model = pipeline.transformer
-    adapter = pipeline.adapter
-    steps = recipe.calibration.steps or pipeline.default_steps
-    layers = adapter.quantizable_layers(model)
+    layers = pipeline.adapter.quantizable_layers(model)
     if any(isinstance(m, QuantLinear) for m in layers.values()):
         raise ValueError("this transformer is already quantized; load a fresh one")
     for name, param in model.named_parameters():
         if param.is_floating_point() and not torch.isfinite(param).all():
             raise ValueError(f"non-finite values (NaN or Inf) in the weights {name}; check the "
                              "model checkpoint")
-    calib = recipe.calibration
-    prompts = None  # drawn only where needed (a checkpoint's identity, a capture)
-    ckpt = None
+    run = _Run(pipeline, recipe, method, ranks, progress,
+               recipe.calibration.steps or pipeline.default_steps, layers, ckpt=None,
+               restored={}, prompts=None, started=t0)
     if checkpoint is not None:
-        prompts = pipeline.calibration_prompts(calib.num_prompts, calib.seed)
-        run = {"model": pipeline.name, "recipe": recipe.to_dict(),
-               "sampling": pipeline.source().get("sampling"),
-               "calibration_prompts": digest(prompts)}
-        ckpt = Checkpoint(checkpoint, run, writer=ranks.main)
+        identity = {"model": pipeline.name, "recipe": recipe.to_dict(),
+                    "sampling": pipeline.source().get("sampling"),
+                    "calibration_prompts": digest(run.calibration_prompts())}
+        run.ckpt = Checkpoint(checkpoint, identity, writer=ranks.main)
         ranks.barrier()  # run.json exists before any rank reads the folder
-    method.checkpoint, method.progress = ckpt, progress
-    restored = ckpt.layers() if ckpt is not None else {}
-    ranks.agree(sorted(restored), "solved layers in the checkpoint")
-    groups = [list(layers)]
+        run.restored = run.ckpt.layers()
+    method.checkpoint, method.progress = run.ckpt, progress
+    ranks.agree(sorted(run.restored), "solved layers in the checkpoint")
+    return run
+
+
+def _calibrate(run: _Run, stats):
+    """The calibration statistics of the first group of layers (all layers unless their
+    Hessians exceed the memory budget), and the groups."""
+    groups = [list(run.layers)]
+    calib, method = run.recipe.calibration, run.method
     if method.capture is not None and stats is None:
-        prompts = prompts or pipeline.calibration_prompts(calib.num_prompts, calib.seed)
-        groups = layer_groups(layers, steps, method.capture, calib.memory_gb)
+        groups = layer_groups(run.layers, run.steps, method.capture, calib.memory_gb)
         if len(groups) > 1 and not method.streams:
-            need = memory_estimate(layers, steps, method.capture) / 2**30
-            raise ValueError(f"{recipe.method} needs the Hessians of all layers at once "
+            need = memory_estimate(run.layers, run.steps, method.capture) / 2**30
+            raise ValueError(f"{run.recipe.method} needs the Hessians of all layers at once "
                              f"({need:.1f} GB); raise the calibration memory budget "
                              f"(memory_gb, now {calib.memory_gb:g}) or use another method")
-
-        def stats_of(group, i):
-            saved = ckpt.stats(i) if ckpt is not None else None
-            ranks.agree(saved is None, f"calibration statistics of group {i} in the checkpoint")
-            if saved is not None:
-                return saved
-            if len(groups) > 1:
-                log.info("calibration group %d/%d: %d layers", i + 1, len(groups), len(group))
-            captured = capture(pipeline, prompts, seed=calib.seed, steps=steps,
-                               config=CaptureConfig(hessian=method.capture), progress=progress,
-                               only=group if len(groups) > 1 else None)
-            if ckpt is not None:
-                ckpt.save_stats(i, captured)
-            return captured
-
-        stats = stats_of(groups[0], 0)
-    phases = {"capture": time.time() - t0}
-    if stats is not None and stats.steps != steps:
+        stats = _group_stats(run, groups, 0)
+    run.timed("capture", run.started)
+    if stats is not None and stats.steps != run.steps:
         raise ValueError(f"calibration statistics cover {stats.steps} steps but the recipe "
-                         f"samples {steps}; capture them with the same number of steps")
-    tracker = StepTracker(pipeline.schedule(steps))
-    t1 = time.time()
+                         f"samples {run.steps}; capture them with the same number of steps")
+    return stats, groups
+
+
+def _group_stats(run: _Run, groups: list[list[str]], i: int):
+    """Group ``i``'s calibration statistics, from the checkpoint or captured."""
+    saved = run.ckpt.stats(i) if run.ckpt is not None else None
+    run.ranks.agree(saved is None, f"calibration statistics of group {i} in the checkpoint")
+    if saved is not None:
+        return saved
+    group = groups[i]
+    if len(groups) > 1:
+        log.info("calibration group %d/%d: %d layers", i + 1, len(groups), len(group))
+    calib = run.recipe.calibration
+    captured = capture(run.pipeline, run.calibration_prompts(), seed=calib.seed, steps=run.steps,
+                       config=CaptureConfig(hessian=run.method.capture), progress=run.progress,
+                       only=group if len(groups) > 1 else None)
+    if run.ckpt is not None:
+        run.ckpt.save_stats(i, captured)
+    return captured
+
+
+def _prepare(run: _Run, stats) -> None:
+    """The method's preparation (e.g. Fisher scores), resumed from the checkpoint's."""
+    t1, ckpt = time.time(), run.ckpt
     if ckpt is not None and stats is not None:
         saved = ckpt.derived()
-        ranks.agree(sorted(map(repr, saved)), "derived results in the checkpoint")
+        run.ranks.agree(sorted(map(repr, saved)), "derived results in the checkpoint")
         stats.derived.update(saved)
         known = set(stats.derived)
-    method.prepare(pipeline, stats)
+    run.method.prepare(run.pipeline, stats)
     if ckpt is not None and stats is not None and set(stats.derived) != known:
         ckpt.save_derived(stats.derived)
-    phases["prepare"] = time.time() - t1
+    run.timed("prepare", t1)
+
+
+def _solve_layers(run: _Run, groups: list[list[str]], stats,
+                  tracker: StepTracker) -> dict[str, QuantLinear]:
+    """Every layer quantized by the method, group by group (a bar per layer), split over the
+    ranks; a single group is replaced in place at once (one copy of the weights at a time)."""
     t1 = time.time()
+    model, ckpt, ranks, layers = run.pipeline.transformer, run.ckpt, run.ranks, run.layers
     quantized = {}
     device = next(model.parameters()).device
     for i, group in enumerate(groups):
         group_stats = stats
-        todo = [name for name in group if name not in restored]
+        todo = [name for name in group if name not in run.restored]
         if i > 0:  # stream: this group's statistics, then keep only their small part
             stats.drop_hessians()
-            group_stats = stats_of(group, i)
+            group_stats = _group_stats(run, groups, i)
             stats.absorb(group_stats)
 
         def install(name, q):
             quantized[name] = q
-            if len(groups) == 1:  # in place at once: one copy of the weights at a time
+            if len(groups) == 1:
                 set_module(model, name, q)
                 layers[name] = None
 
         def solve(k):
-            q = method.quantize_layer(todo[k], layers[todo[k]], group_stats, tracker)
+            q = run.method.quantize_layer(todo[k], layers[todo[k]], group_stats, tracker)
             if ranks.world == 1:
                 return q
             return q.layout(), q.activation.bits, {key: t.cpu()
@@ -214,46 +276,71 @@ def quantize_(pipeline, recipe: Recipe, progress: bool = True, stats=None,
             install(todo[k], result)
 
         for name in group:
-            if name in restored:
-                restored[name].tracker = tracker
-                install(name, restored[name].to(device))
+            if name in run.restored:
+                run.restored[name].tracker = tracker
+                install(name, run.restored[name].to(device))
         distributed.map_items(len(todo), solve, on_result=place,
-                              desc=f"{recipe.method} {recipe.label}", progress=progress)
+                              desc=f"{run.recipe.method} {run.recipe.label}",
+                              progress=run.progress)
         if ckpt is not None and len(groups) > 1:  # solved: the Hessians are no longer needed
             ckpt.save_stats(i, group_stats, hessians=False)
-    quantized = {name: quantized[name] for name in layers}  # the model's order
-    for name, q in quantized.items():  # later groups were captured on the 16-bit model
+    run.timed("layers", t1)
+    return {name: quantized[name] for name in layers}  # the model's order
+
+
+def _install(run: _Run, quantized: dict[str, QuantLinear], tracker: StepTracker) -> StepTracker:
+    """The quantized layers in the model (later groups were captured on the 16-bit model), the
+    modulation weights packed if asked, the step tracker attached, tensors rounded to storage."""
+    t1 = time.time()
+    model, adapter = run.pipeline.transformer, run.pipeline.adapter
+    for name, q in quantized.items():
         set_module(model, name, q)
-    if recipe.weights.modulation:
+    if run.recipe.weights.modulation:
         for name, linear in adapter.modulation_layers(model).items():
-            set_module(model, name, WeightOnlyLinear.from_linear(linear, recipe.weights,
+            set_module(model, name, WeightOnlyLinear.from_linear(linear, run.recipe.weights,
                                                                  ActivationQuant(), None))
     tracker = attach_tracker(model, adapter, tracker.schedule)
     round_to_storage_(model)
-    phases["layers"] = time.time() - t1
+    run.phases["layers"] += time.time() - t1
+    return tracker
+
+
+def _search(run: _Run, stats, tracker: StepTracker, quantized: dict[str, QuantLinear],
+            execution: str) -> Policy:
+    """The method's finalisation (AdaTSQ's search decides the bits per step) on the path the
+    method names, then the model left on ``execution``."""
+    t1 = time.time()
+    model, recipe = run.pipeline.transformer, run.recipe
     # the layers as the method built them; a search (finalize) returns the bits it decided
     T = len(tracker.schedule)
-    nominal = Policy(model=pipeline.name, method=recipe.method,
+    nominal = Policy(model=run.pipeline.name, method=recipe.method,
                      schedule=tuple(float(t) for t in tracker.schedule),
                      layers={n: LayerPolicy(q.weight_bits, q.activation.per_step(T))
                              for n, q in quantized.items()},
                      recipe=recipe.to_dict())
-    t1 = time.time()
-    set_execution_(model, method.search_execution)
+    set_execution_(model, run.method.search_execution)
     cache_weights_(model)  # a search samples many times with the same weights
     try:
-        policy = method.finalize(pipeline, stats, tracker, quantized, nominal)
+        policy = run.method.finalize(run.pipeline, stats, tracker, quantized, nominal)
     finally:
         cache_weights_(model, on=False)
         set_execution_(model, execution)
-    phases["finalize"] = time.time() - t1
-    phases.update(getattr(method, "phases", {}))
+    run.timed("finalize", t1)
+    return policy
+
+
+def _finish(run: _Run, policy: Policy) -> Policy:
+    """The policy with the run's settings and times, applied to the model, which is marked as
+    quantized (:func:`_mark_quantized`)."""
+    method, model = run.method, run.pipeline.transformer
+    run.phases.update(getattr(method, "phases", {}))
+    seconds = time.time() - run.started
     policy = replace(policy, settings={"granularity": method.granularity(),
                                        "source": method.source, **policy.settings,
-                                       "seconds": time.time() - t0, "phases": phases})
+                                       "seconds": seconds, "phases": run.phases})
     policy.apply_(model)
-    _mark_quantized(model, policy, pipeline.source())
-    log.info("%s %s done in %.1fs", recipe.method, recipe.label, policy.settings["seconds"])
+    _mark_quantized(model, policy, run.pipeline.source())
+    log.info("%s %s done in %.1fs", run.recipe.method, run.recipe.label, seconds)
     return policy
 
 

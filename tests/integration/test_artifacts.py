@@ -21,12 +21,19 @@ from adatsq.config import CalibrationSpec, Recipe
 from adatsq.io import ArtifactError
 from adatsq.pipeline import load, load_pipeline, load_transformer, quantize_, save
 from adatsq.quant.qlinear import QuantLinear
-from tests.integration.test_diffusers_pipelines import BUILDERS, PROMPTS, SIZES, W4A4
+from tests.integration.test_diffusers_pipelines import (
+    BUILDERS,
+    PROMPTS,
+    SIZES,
+    W4A4,
+    call_diffusers,
+)
+from tests.models.examples import one_per_family
 
 pytestmark = pytest.mark.slow  # end to end (make test-unit skips it)
 
 RECIPE = Recipe(method="rtn", **W4A4, calibration=CalibrationSpec(num_prompts=2, steps=2))
-FAMILIES = ["flux-dev", "zimage", "wan"]
+FAMILIES = one_per_family()
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +63,7 @@ def made(tmp_path_factory):
 
 
 def test_a_copied_artifact_loads_bit_identically_without_its_source(made, tmp_path):
-    m = made["flux-dev"]
+    m = made[FAMILIES[0]]
     elsewhere = tmp_path / "moved" / "art"
     shutil.copytree(m["art"], elsewhere)
     base = tmp_path / "base-copy"
@@ -97,23 +104,14 @@ def test_diffusers_pipelines_take_the_quantized_transformer(made, name):
     pipe = m["pipe"]
     cls = type(pipe.pipe)
     theirs = cls.from_pretrained(m["folder"], transformer=load_transformer(m["art"]))
-    s = pipe.sampling
-    kwargs = dict(height=s.height, width=s.width, num_inference_steps=2,
-                  latents=pipe.noise(len(PROMPTS), seed=3), guidance_scale=s.guidance_scale,
-                  max_sequence_length=s.max_sequence_length, output_type="pt", return_dict=False)
-    if name == "wan":
-        kwargs["num_frames"] = s.frames
-    # a copy: diffusers' ZImagePipeline formats the caller's prompt list in place
-    images = theirs(list(PROMPTS), **kwargs)[0]
-    if name == "wan":
-        images = images.permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> (B, C, F, H, W)
+    images = call_diffusers(theirs, pipe.sampling, 2, pipe.noise(len(PROMPTS), seed=3))
     ours = (m["samples"] / 2 + 0.5).clamp(0, 1)
-    torch.testing.assert_close(images.float(), ours, rtol=0, atol=1e-4)
+    torch.testing.assert_close(images, ours, rtol=0, atol=1e-4)
 
 
 def test_plain_diffusers_refuses_the_artifact(made):
     """diffusers' own loader on the folder stops with a clear error, never random weights."""
-    art = made["flux-dev"]["art"]
+    art = made[FAMILIES[0]]["art"]
     with pytest.raises(ValueError, match="adatsq"):
         diffusers.FluxTransformer2DModel.from_pretrained(art)
     config = json.loads((art / "config.json").read_text())
@@ -139,16 +137,16 @@ def test_save_pretrained_writes_an_artifact(made, tmp_path):
 
 
 def test_quantize_takes_a_diffusers_pipeline_object(made, tmp_path):
-    m = made["flux-dev"]
-    raw = diffusers.FluxPipeline.from_pretrained(m["folder"])
+    m = made[FAMILIES[0]]
+    raw = type(m["pipe"].pipe).from_pretrained(m["folder"])
     policy = quantize_(raw, RECIPE, progress=False)
     assert any(isinstance(q, QuantLinear) for q in raw.transformer.modules())
-    assert policy.model == "flux-dev"  # the folder's name, not its path
+    assert policy.model == FAMILIES[0]  # the folder's name, not its path
     out = raw([PROMPTS[0]], height=16, width=16, num_inference_steps=2, max_sequence_length=16,
               output_type="np").images
     assert out.shape == (1, 16, 16, 3) and torch.isfinite(torch.from_numpy(out)).all()
     art = raw.transformer.save_pretrained(tmp_path / "art")
-    assert json.loads((art / "manifest.json").read_text())["model"] == "flux-dev"
+    assert json.loads((art / "manifest.json").read_text())["model"] == FAMILIES[0]
 
 
 def test_model_card_records_what_a_user_needs(made):

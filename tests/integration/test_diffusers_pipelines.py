@@ -18,22 +18,17 @@ from PIL import Image
 from adatsq.cli import main
 from adatsq.config import ActivationSpec, CalibrationSpec, Recipe, WeightSpec
 from adatsq.io import ArtifactError
-from adatsq.models import pipelines
+from adatsq.models import families, sources
 from adatsq.models.base import Pipeline
 from adatsq.models.pipelines import DiffusersPipeline
 from adatsq.pipeline import load, load_pipeline, quantize_, save
-from tests.integration.tiny_pipelines import tiny_flux, tiny_wan, tiny_zimage
+from tests.models.examples import PIPELINES
 
 pytestmark = pytest.mark.slow  # end to end (make test-unit skips it)
 
-BUILDERS = {"flux-schnell": tiny_flux, "flux-dev": lambda: tiny_flux(guidance_embeds=True),
-            "zimage": tiny_zimage, "wan": tiny_wan}
-SIZES = {"flux-schnell": dict(height=16, width=32), "flux-dev": dict(height=16, width=16),
-         "zimage": dict(height=16, width=16, guidance_scale=1.5),
-         "wan": dict(height=32, width=32, frames=5)}
-"""Sampling settings per tiny pipeline (Flux-Schnell non-square; Z-Image with guidance)."""
-SHAPES = {"flux-schnell": (3, 16, 32), "flux-dev": (3, 16, 16), "zimage": (3, 16, 16),
-          "wan": (3, 5, 32, 32)}
+BUILDERS = {name: e.build for name, e in PIPELINES.items()}
+SIZES = {name: e.sizes for name, e in PIPELINES.items()}
+SHAPES = {name: e.shape for name, e in PIPELINES.items()}
 PROMPTS = ["a red cat", "two dogs to the left of a bench"]
 W4A4 = dict(weights=WeightSpec(bits=4), activations=ActivationSpec(bits=4))
 
@@ -85,27 +80,31 @@ def _to_unit(images: torch.Tensor) -> torch.Tensor:
     return (images / 2 + 0.5).clamp(0, 1)
 
 
-@pytest.mark.parametrize("name, steps", [("flux-schnell", 2), ("flux-dev", 2), ("zimage", 3),
-                                         ("wan", 3)])
-def test_generate_reproduces_the_diffusers_pipeline(folders, name, steps):
+def call_diffusers(pipe, sampling, steps: int, latents: torch.Tensor) -> torch.Tensor:
+    """:data:`PROMPTS` through the diffusers pipeline's own ``__call__`` at ``sampling``'s
+    settings from ``latents``: pixels in [0, 1], video as (B, C, F, H, W) like ours."""
+    s = sampling
+    video = {} if s.frames is None else {"num_frames": s.frames}
+    # a copy: diffusers' ZImagePipeline formats the caller's prompt list in place
+    out = pipe(list(PROMPTS), height=s.height, width=s.width, num_inference_steps=steps,
+               latents=latents.clone(), guidance_scale=s.guidance_scale,
+               max_sequence_length=s.max_sequence_length, output_type="pt", return_dict=False,
+               **video)[0].float()
+    return out if s.frames is None else out.permute(0, 2, 1, 3, 4)  # (B, F, C, ..) -> (B, C, F, ..)
+
+
+@pytest.mark.parametrize("name", list(PIPELINES))
+def test_generate_reproduces_the_diffusers_pipeline(folders, name):
     """Prompt encoding, latent layout, the pipeline's own solver (Euler; Wan's multistep UniPC,
     whose second and third steps use the earlier velocities), guidance and VAE decoding as
     diffusers' ``__call__`` does them: within 1e-4 for every family."""
     pipe = _load(folders, name)
-    s, d = pipe.sampling, pipe.pipe
-    noise = pipe.noise(len(PROMPTS), seed=5)
-    ours = pipe.generate(PROMPTS, seed=5, steps=steps)
-    common = dict(height=s.height, width=s.width, num_inference_steps=steps, latents=noise.clone(),
-                  max_sequence_length=s.max_sequence_length, output_type="pt", return_dict=False)
-    if name == "wan":
-        assert type(d.scheduler).__name__ == "UniPCMultistepScheduler"
-        theirs = d(list(PROMPTS), num_frames=s.frames, guidance_scale=s.guidance_scale, **common)[0]
-        theirs = theirs.permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> (B, C, F, H, W)
-    else:
-        theirs = d(list(PROMPTS), guidance_scale=s.guidance_scale, **common)[0]
+    assert type(pipe.scheduler(3)) is type(pipe.pipe.scheduler)  # the pipeline's own solver
+    ours = pipe.generate(PROMPTS, seed=5, steps=3)
+    theirs = call_diffusers(pipe.pipe, pipe.sampling, 3, pipe.noise(len(PROMPTS), seed=5))
     torch.testing.assert_close(_to_unit(ours), theirs, rtol=0, atol=1e-4)
-    timesteps = d.scheduler.timesteps.double()  # the transformer saw these at each step
-    torch.testing.assert_close(pipe.schedule(steps).double(),
+    timesteps = pipe.pipe.scheduler.timesteps.double()  # the transformer saw these at each step
+    torch.testing.assert_close(pipe.schedule(3).double(),
                                pipe.adapter.model_timestep(timesteps / 1000), rtol=1e-6, atol=0)
 
 
@@ -131,10 +130,10 @@ def test_conditioning_has_the_adapter_keys_and_one_length(folders, name, keys):
 def test_scheduler_shift_is_the_pipelines():
     """Flux's resolution-dependent shift (``exp(mu)``), a static one, Wan's UniPC flow shift."""
     dynamic = {"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15}
-    assert pipelines.scheduler_shift(dynamic, 256) == pytest.approx(math.exp(0.5))
-    assert pipelines.scheduler_shift(dynamic, 4096) == pytest.approx(math.exp(1.15))
-    assert pipelines.scheduler_shift({"shift": 3.0}, 4096) == 3.0
-    assert pipelines.scheduler_shift({"use_flow_sigmas": True, "flow_shift": 5.0}, 1) == 5.0
+    assert families.scheduler_shift(dynamic, 256) == pytest.approx(math.exp(0.5))
+    assert families.scheduler_shift(dynamic, 4096) == pytest.approx(math.exp(1.15))
+    assert families.scheduler_shift({"shift": 3.0}, 4096) == 3.0
+    assert families.scheduler_shift({"use_flow_sigmas": True, "flow_shift": 5.0}, 1) == 5.0
 
 
 def test_adatsq_selects_by_fidelity_without_a_task_metric(folders):
@@ -209,7 +208,7 @@ def test_bad_models_are_one_line_errors(folders, tmp_path, capsys, monkeypatch):
     hub = ["generate", "nobody-adatsq/no-such-model", "--prompt", "a cat"]
     assert "local Hugging Face cache" in _error(capsys, hub)
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(pipelines, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=3.0: False)
     assert "local Hugging Face cache" in _error(capsys, hub)
     (tmp_path / "plain").mkdir()
     assert "no model_index.json" in _error(capsys, ["generate", str(tmp_path / "plain"),
@@ -253,7 +252,7 @@ def test_the_transformer_is_read_as_diffusers_loads_it(folders, name, dtype):
     import diffusers
 
     cls_name = type(BUILDERS[name]().transformer).__name__
-    ours = pipelines.read_transformer(folders[name], cls_name, dtype, True)
+    ours = sources.read_transformer(folders[name], cls_name, dtype, True)
     theirs = getattr(diffusers, cls_name).from_pretrained(f"{folders[name]}/transformer",
                                                           torch_dtype=dtype)
     a, b = ours.state_dict(), theirs.state_dict()

@@ -4,12 +4,12 @@ import inspect
 
 import pytest
 import torch
-from tests.models.examples import EXAMPLES
+from tests.models.examples import EXAMPLES, PIPELINES
 from tests.models.examples import example as tiny
 from torch import nn
 
 from adatsq.models import adapter_for, registered
-from adatsq.models.pipelines import FAMILIES
+from adatsq.models.families import FAMILIES
 from adatsq.quant.qlinear import StepTracker
 
 ADAPTERS = sorted(registered())
@@ -98,3 +98,14 @@ def test_every_adapter_has_an_example_and_every_family_an_adapter():
     classes = {c for a in registered().values() for c in a.model_classes}
     assert {f.transformer_class for f in FAMILIES.values()} <= classes
     assert set(FAMILIES) >= {"FluxPipeline", "ZImagePipeline", "WanPipeline"}
+
+
+@pytest.mark.parametrize("name", list(PIPELINES))
+def test_every_family_has_a_tiny_pipeline(name):
+    """The integration tests run each example of :data:`PIPELINES`; every registered family
+    needs one, of its class, with a transformer of the family's class."""
+    assert {e.family for e in PIPELINES.values()} == set(FAMILIES)
+    e = PIPELINES[name]
+    pipe = e.build()
+    assert type(pipe).__name__ == e.family
+    assert type(pipe.transformer).__name__ == FAMILIES[e.family].transformer_class

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from adatsq.models.base import Adapter, Conditioning, ModulationSite, register
+from adatsq.models.families import KLFamily, Sampling, register_family
 from adatsq.models.patches import grid_ids, pack, unpack
-from adatsq.models.pipelines import KLFamily, Sampling, register_family
 
 
 @register

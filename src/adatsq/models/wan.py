@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from adatsq.models.base import Adapter, Conditioning, register
-from adatsq.models.pipelines import Family, Sampling, register_family
+from adatsq.models.families import Family, Sampling, register_family
 
 
 @register
