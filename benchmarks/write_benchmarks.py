@@ -195,19 +195,32 @@ def verdict(report) -> list[str]:
         if summary is None:
             continue
         ours = summary["ours"]
-        psnr = {v["baseline"]: v for v in report["verdicts"]
-                if v["bits"] == label and v["metric"] == "psnr"}
-        out += [f"**{label}** (AdaTSQ A{ours['a_bits']:.3f}, total {ours['eval']['total']:.3f}, "
-                f"PSNR {ours['psnr']:.2f} dB): {verdict_line(summary)}.", "",
-                "| baseline | MB | total diff [95%] | verdict | PSNR diff dB [95%] | verdict |",
-                "|---|---|---|---|---|---|"]
+        other = {(v["metric"], v["baseline"]): v for v in report["verdicts"]
+                 if v["bits"] == label and v["metric"] in ("psnr", "faithful")}
+        faithful = any(m == "faithful" for m, _ in other)
+        lines = [f"**{label}** (AdaTSQ A{ours['a_bits']:.3f}, total {ours['eval']['total']:.3f}, "
+                 f"PSNR {ours['psnr']:.2f} dB"
+                 + (f", faithful {ours['faithful']:.3f}" if faithful else "")
+                 + f"): {verdict_line(summary)}."]
+        if faithful:
+            lines.append("On faithfulness: " + verdict_line(verdict_summary(report, label,
+                                                                            "faithful")) + ".")
+        head = "| baseline | MB | total diff [95%] | verdict | PSNR diff dB [95%] | verdict |"
+        if faithful:
+            head += " faithful diff [95%] | verdict |"
+        out += [" ".join(lines), "", head, "|---" * head.count(" | ") + "|---|"]
         at = rows_at(report["rows"], label)
         for v in summary["verdicts"]:
-            q = psnr[v["baseline"]]
+            q = other[("psnr", v["baseline"])]
             star = " ★" if v["strongest"] else ""
-            out.append(f"| {v['baseline']}{star} | {at[v['baseline']]['model_bytes'] / 1e6:.2f} | "
-                       f"{v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}] | {v['verdict']} | "
-                       f"{q['diff']:+.2f} [{q['lo']:+.2f}, {q['hi']:+.2f}] | {q['verdict']} |")
+            cells = (f"| {v['baseline']}{star} | {at[v['baseline']]['model_bytes'] / 1e6:.2f} | "
+                     f"{v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}] | {v['verdict']} | "
+                     f"{q['diff']:+.2f} [{q['lo']:+.2f}, {q['hi']:+.2f}] | {q['verdict']} |")
+            f = other.get(("faithful", v["baseline"]))
+            if f is not None:
+                cells += (f" {f['diff']:+.3f} [{f['lo']:+.3f}, {f['hi']:+.3f}] | "
+                          f"{f['verdict']} |")
+            out.append(cells)
         out.append("")
     fp = _row(report, "fp")
     search = _load(ROOT / "benchmarks" / "results" / "search.json")

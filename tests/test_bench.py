@@ -124,6 +124,27 @@ def test_paired_analysis_gives_one_verdict_per_baseline_and_metric():
     assert got["quarot", "total"]["strongest"] and not got["rtn", "total"]["strongest"]
 
 
+def test_paired_analysis_judges_faithfulness_where_every_quantized_row_has_it():
+    per = {"fp": ([1, 1, 1, 1], None), "adatsq": ([1, 1, 1, 1], [30, 31, 32, 33]),
+           "rtn": ([1, 1, 1, 1], [20, 21, 22, 23]), "quarot": ([1, 1, 1, 1], [30, 30, 32, 33]),
+           "svdquant_r32": ([1, 1, 1, 1], [40, 41, 42, 43])}
+    faithful = {"adatsq": [1.0, 1.0, 0.75, 1.0], "rtn": [0.25, 0.5, 0.25, 0.5],
+                "quarot": [1.0, 1.0, 0.75, 1.0], "svdquant_r32": [1.0, 1.0, 1.0, 1.0]}
+    rows, samples = _synthetic(per)
+    for method, scores in faithful.items():
+        samples["rows"][f"{method} W4A4"]["faithful"] = scores
+    got = {(v["baseline"], v["metric"]): v for v in paired_analysis(rows, samples)["verdicts"]}
+    # the task total ties everywhere (saturated); faithfulness tells rtn apart
+    assert got["rtn", "total"]["verdict"] == "ties"
+    assert got["rtn", "faithful"]["verdict"] == "beats"
+    assert got["rtn", "faithful"]["diff"] == pytest.approx(0.5625)
+    assert got["quarot", "faithful"]["verdict"] == "ties"
+    assert rows[1]["paired"]["rtn"]["faithful"]["diff"] == pytest.approx(0.5625)
+    # a report from before faithfulness (one row without it) gets no faithful verdicts
+    del samples["rows"]["quarot W4A4"]["faithful"]
+    assert all(v["metric"] != "faithful" for v in paired_analysis(rows, samples)["verdicts"])
+
+
 def test_report_has_paired_intervals_validation_and_environment(tiny_zoo):
     out = tiny_zoo / "paired"
     rows = _small(make_rows(["fp", "rtn", "svdquant"], ["W4A4"]))
@@ -145,5 +166,8 @@ def test_report_has_paired_intervals_validation_and_environment(tiny_zoo):
         assert row["paired"]["fp"]["total"]["diff"] == pytest.approx(
             row["eval"]["total"] - fp["eval"]["total"])
         assert row["validation"]["num_prompts"] == 6 and row["bops"] > 0
-    assert set(svd["paired"]["rtn"]) == {"total", "psnr", "ssim"}
+    assert set(svd["paired"]["rtn"]) == {"total", "psnr", "ssim", "faithful"}
+    for row in (rtn, svd):
+        faithful = samples["rows"][row["label"]]["faithful"]
+        assert np.mean(faithful) == pytest.approx(row["faithful"]) and 0 <= row["faithful"] <= 1
     assert "Δ FP [95%]" in (out / "report.md").read_text()

@@ -134,7 +134,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     cats = [c for c in first["eval"] if c != "total"]
     video = [k for k in VIDEO_COLUMNS if k in first.get("video", {})]
     head = ["method", "W/A", *cats, *[VIDEO_COLUMNS[k] for k in video], "total", "±se",
-            "Δ FP [95%]", "PSNR", "SSIM", "FD", "MB", "GBOPs", "s"]
+            "Δ FP [95%]", "PSNR", "SSIM", "faithful", "FD", "MB", "GBOPs", "s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         a = r["a_bits"]
@@ -142,7 +142,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         cells = [r["method"], bits, *[_fmt(r["eval"][c], 2) for c in cats],
                  *[_fmt(r["video"][k], 3) for k in video], _fmt(r["eval"]["total"]),
                  _fmt(r["eval_se"]), _interval(r.get("paired", {}).get("fp", {}).get("total")),
-                 _fmt(r["psnr"], 2), _fmt(r["ssim"]), _fmt(r["fd"], 2),
+                 _fmt(r["psnr"], 2), _fmt(r["ssim"]), _fmt(r.get("faithful")), _fmt(r["fd"], 2),
                  _fmt(r["model_bytes"] / 1e6, 2),
                  _fmt(r["bops"] / 1e9 if r.get("bops") is not None else None, 3),
                  _fmt(r["seconds"], 1)]
@@ -273,7 +273,7 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
         if row.recipe is None:
             fp_images = images if fp_images is None else fp_images
             fp_val = val_images if val_prompts and fp_val is None else fp_val
-        close = {"psnr": None, "ssim": None}
+        close = {"psnr": None, "ssim": None, "faithful": None}
         if row.recipe is not None and fp_images is not None:
             close_per = task.fidelity_per_sample(images, fp_images)
             close = {k: float(v.mean()) for k, v in close_per.items()}
@@ -332,6 +332,10 @@ def compare(model: str, rows: list[Row], n_per_category: int, out_dir: str | Pat
     return report
 
 
+METRICS = ("total", "psnr", "ssim", "faithful")
+"""What the paired verdicts compare: the task total, PSNR and SSIM to FP, and faithfulness to FP
+(:meth:`adatsq.eval.tasks.Task.fidelity_per_sample`); a metric a report lacks is skipped."""
+
 REFERENCE = "rtn"
 """Every quantized row is also compared, prompt by prompt, with this method at its bit width."""
 
@@ -340,7 +344,7 @@ def paired_analysis(rows: list[dict], samples: dict) -> dict[str, Any]:
     """Paired differences of every row (in place) and AdaTSQ's verdicts against each baseline.
 
     Adds to each row ``"paired"``: ``{"fp": {"total": interval}, "rtn": {"total", "psnr",
-    "ssim"}}`` (the row minus FP, and minus RTN at the same bit width; intervals as
+    "ssim", "faithful"}}`` (the row minus FP, and minus RTN at the same bit width; intervals as
     :func:`adatsq.eval.paired.paired_difference`). Returns ``{"verdicts": [...], "strongest":
     {bits: {...}}}``: one verdict per (bit width, baseline, metric), AdaTSQ minus the baseline
     with its 95% interval, and per bit width the strongest equal-size baseline chosen on the
@@ -348,6 +352,8 @@ def paired_analysis(rows: list[dict], samples: dict) -> dict[str, Any]:
     """
     strata = samples["strata"]
     per = samples["rows"]
+    quantized = [per[r["label"]] for r in rows if r["method"] != "fp"]
+    metrics = [m for m in METRICS if all(m in x for x in quantized)]
 
     def interval(a: dict, b: dict, metric: str) -> dict[str, float]:
         x, y = per[a["label"]], per[b["label"]]
@@ -365,7 +371,7 @@ def paired_analysis(rows: list[dict], samples: dict) -> dict[str, Any]:
             paired["fp"] = {"total": interval(r, fp, "total")}
         ref = by_bits[r["bits"]].get(REFERENCE)
         if ref is not None and ref is not r:
-            paired[REFERENCE] = {m: interval(r, ref, m) for m in ("total", "psnr", "ssim")}
+            paired[REFERENCE] = {m: interval(r, ref, m) for m in metrics}
         r["paired"] = paired
     verdicts, strongest = [], {}
     for bits, at in by_bits.items():
@@ -379,7 +385,7 @@ def paired_analysis(rows: list[dict], samples: dict) -> dict[str, Any]:
                                                   b["validation"].get("psnr") or 0.0))
             strongest[bits] = {"baseline": best["method"], **best["validation"]}
         for b in rivals:
-            for metric in ("total", "psnr", "ssim"):
+            for metric in metrics:
                 iv = interval(ours, b, metric)
                 verdicts.append({"bits": bits, "baseline": b["method"], "metric": metric,
                                  "diff": iv["diff"], "lo": iv["lo"], "hi": iv["hi"],
@@ -493,7 +499,12 @@ def combine(bench_dir: str | Path, models: list[str] | None = None,
                 ours = summary["ours"]
                 verdicts.append(f"- **{m} {bits}** (AdaTSQ {ours['eval']['total']:.3f}, A"
                                 f"{ours['a_bits']:.2f}): {verdict_line(summary)}.")
-    lines += ["", "## Does AdaTSQ beat the baselines? (task total, paired, 95%)", "",
+                faithful = verdict_summary(reports[m], bits, "faithful")
+                if faithful is not None:
+                    verdicts.append(f"  On faithfulness ({ours['faithful']:.3f}): "
+                                    f"{verdict_line(faithful)}.")
+    lines += ["", "## Does AdaTSQ beat the baselines? (task total, and faithfulness to FP where "
+              "measured; paired, 95%)", "",
               *verdicts, ""]
     axes = [(m, bits) for m in order for bits in ("W4A4", "W3A3")
             if any(m in radar.get(f"{method} {bits}", {}) for method in methods)]

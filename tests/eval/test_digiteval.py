@@ -181,3 +181,32 @@ def test_evaluate_rejects_mismatched_inputs():
         de.evaluate(np.zeros((2, 3, 16, 16)), [scenes.Spec("single_object", ((1, 1, None),))])
     with pytest.raises(ValueError):
         de.detect(np.zeros((3, 8, 8)))
+
+
+def test_faithfulness_counts_the_slots_that_show_what_the_reference_shows():
+    reference = _canvas([(0, "red", (0, 0)), (1, "blue", (1, 1))])
+    found = {(d.row, d.col): (d.digit, d.color) for d in de.detect(reference)}
+    assert set(found) == {(0, 0), (1, 1)}  # the detector reads both digits
+    blanked = reference.copy()
+    blanked[:, 8:, 8:] = -1.0  # the bottom-right digit gone
+    recolored = _canvas([(0, "green", (0, 0)), (1, "blue", (1, 1))])
+    moved = _canvas([(0, "red", (0, 1)), (1, "blue", (1, 1))])
+    images = np.stack([reference, blanked, recolored, moved])
+    out = de.faithfulness(images, np.stack([reference] * 4))
+    assert out.dtype == np.float64 and out.shape == (4,)
+    # the same; one slot emptied; one digit in another color; one digit in another slot (2 slots)
+    np.testing.assert_array_equal(out, [1.0, 0.75, 0.75, 0.5])
+    # symmetric, and one-line errors on mismatched shapes
+    np.testing.assert_array_equal(de.faithfulness(np.stack([reference] * 4), images), out)
+    with pytest.raises(ValueError, match="differ in shape"):
+        de.faithfulness(images, images[:2])
+
+
+def test_faithfulness_sees_what_the_prompt_rule_does_not():
+    """Two samples that both pass a one-digit prompt but draw it elsewhere: DigitEval gives both
+    1, faithfulness to the first gives the second 0.5."""
+    first, second = _canvas([(0, "white", (0, 0))]), _canvas([(0, "white", (1, 0))])
+    digit = de.detect(first)[0].digit
+    spec = scenes.Spec("single_object", ((digit, 1, None),))
+    assert de.evaluate(np.stack([first, second]), [spec, spec]).correct == (True, True)
+    assert de.faithfulness(second[None], first[None]).tolist() == [0.5]

@@ -207,3 +207,20 @@ def test_bad_specs_and_fidelity_shapes_raise():
         vi.clip_fidelity(clip, np.zeros((2, 3, FRAMES, 16, 16)))
     with pytest.raises(ValueError, match="must be"):
         vi.clip_fidelity(clip[0], clip[0])
+
+
+def test_clip_faithfulness_agrees_with_itself_and_drops_with_drift(real):
+    videos = real[0][:6]
+    np.testing.assert_array_equal(vi.clip_faithfulness(videos, videos), np.ones(6))
+    blank = np.full_like(videos, -1.0)
+    np.testing.assert_array_equal(vi.clip_faithfulness(blank, videos), np.zeros(6))
+    # the same clips 3 px further down: every frame's digit detected elsewhere
+    shifted = np.roll(videos, 3, axis=3)
+    shifted[:, :, :, :3] = -1.0
+    assert vi.clip_faithfulness(shifted, videos).max() < 0.5
+    # one pixel is within the position tolerance
+    nudged = np.roll(videos, 1, axis=3)
+    nudged[:, :, :, :1] = -1.0
+    assert vi.clip_faithfulness(nudged, videos).mean() > 0.5
+    with pytest.raises(ValueError, match="differ in shape"):
+        vi.clip_faithfulness(videos, videos[:2])

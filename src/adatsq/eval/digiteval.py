@@ -300,6 +300,48 @@ def evaluate(images: torch.Tensor | np.ndarray, specs: list[scenes.Spec],
     return DigitEvalResult(scores, counts, total, math.sqrt(variance) / len(scores), correct)
 
 
+def _slot_contents(detections: list[list[Detection]]) -> list[list[tuple[int, str] | None]]:
+    """Per image, the (digit, color) each of the four slots shows, or None for an empty slot."""
+    out = []
+    for dets in detections:
+        slots: list[tuple[int, str] | None] = [None] * len(_SLOTS)
+        for d in dets:
+            slots[d.row * scenes.GRID + d.col] = (d.digit, d.color)
+        out.append(slots)
+    return out
+
+
+def faithfulness(images: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray,
+                 classifier: DigitClassifier | None = None) -> np.ndarray:
+    """Per image, the fraction of its slots that show what the reference image's slots show.
+
+    The detector of :func:`detect_batch` reads both images; a slot agrees when both are empty or
+    both hold the same digit in the same color (positions are the slots). Unlike the task score it
+    needs no prompt and does not saturate when both images fail (or pass) the prompt's rule: a
+    quantized sample that draws other digits than the full-precision sample of the same seed loses
+    faithfulness even where both satisfy the prompt.
+
+    Args:
+        images: (B, 3, 16, 16) in [-1, 1], e.g. the quantized model's samples.
+        reference: the same shape, e.g. the full-precision samples of the same prompts and seeds.
+
+    Returns:
+        (B,) float64 in [0, 1] (multiples of 1/4).
+
+    Example:
+        >>> blank = np.full((1, 3, 16, 16), -1.0)
+        >>> faithfulness(blank, blank).tolist()
+        [1.0]
+    """
+    images, reference = _as_batch(images), _as_batch(reference)
+    if images.shape != reference.shape:
+        raise ValueError(f"images {images.shape} and reference {reference.shape} differ in shape")
+    classifier = classifier or load_classifier()
+    both = _slot_contents(detect_batch(np.concatenate([images, reference]), classifier))
+    ours, theirs = both[:len(images)], both[len(images):]
+    return np.array([np.mean([a == b for a, b in zip(x, y)]) for x, y in zip(ours, theirs)])
+
+
 def ceiling(n_per_category: int = 100, seed: int = 0,
             classifier: DigitClassifier | None = None) -> DigitEvalResult:
     """DigitEval of real held-out scenes: the best score a generator can expect.

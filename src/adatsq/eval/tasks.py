@@ -3,7 +3,8 @@
 An image model (digit scenes) is scored by DigitEval, the GenEval analog of the paper's Table 1;
 a video model (clips of moving digits) by the VBench analog of Table 2 (:mod:`adatsq.eval.video`).
 Both give the report the same fields: ``eval`` (per-group scores and ``total``), ``eval_se``,
-``psnr``/``ssim`` against the FP samples, and, for video, a ``video`` dict of the clip metrics.
+``psnr``/``ssim``/``faithful`` against the FP samples, and, for video, a ``video`` dict of the
+clip metrics.
 """
 
 from __future__ import annotations
@@ -66,11 +67,13 @@ class Task(ABC):
     @abstractmethod
     def fidelity_per_sample(self, samples: torch.Tensor,
                             reference: torch.Tensor) -> dict[str, np.ndarray]:
-        """``{"psnr": (N,), "ssim": (N,)}`` of every sample against the FP sample of the same
-        prompt and seed."""
+        """``{"psnr": (N,), "ssim": (N,), "faithful": (N,)}`` of every sample against the FP
+        sample of the same prompt and seed (``faithful``: the share of what the detector reads in
+        the FP sample that the sample shows too, in [0, 1])."""
 
     def fidelity(self, samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-        """``{"psnr", "ssim"}`` of ``samples`` against the FP samples of the same seeds."""
+        """``{"psnr", "ssim", "faithful"}`` of ``samples`` against the FP samples of the same
+        seeds."""
         return {k: float(v.mean()) for k, v in self.fidelity_per_sample(samples,
                                                                          reference).items()}
 
@@ -112,7 +115,8 @@ class SceneTask(Task):
 
     def fidelity_per_sample(self, samples, reference):
         return {"psnr": fidelity.psnr_per_image(samples, reference),
-                "ssim": fidelity.ssim_per_image(samples, reference)}
+                "ssim": fidelity.ssim_per_image(samples, reference),
+                "faithful": digiteval.faithfulness(samples, reference)}
 
     def frechet(self, samples, real):
         return fidelity.frechet_distance(samples, real)
@@ -144,7 +148,8 @@ class ClipTask(Task):
                 "per_sample": list(scores.per_clip_total)}
 
     def fidelity_per_sample(self, samples, reference):
-        return video.clip_fidelity_per_clip(samples, reference)
+        return {**video.clip_fidelity_per_clip(samples, reference),
+                "faithful": video.clip_faithfulness(samples, reference)}
 
 
 def task_for(entry) -> Task:

@@ -178,6 +178,77 @@ def _background_mae(frames: np.ndarray, outside: np.ndarray, reference: np.ndarr
     return (diff * mask).sum((2, 3)) / np.maximum(mask.sum((2, 3)), 1)
 
 
+@dataclass(frozen=True)
+class _Frames:
+    """What the detector reads in every frame (N of them): the located window ``corners`` (N, 2),
+    the ink ``centroids`` (N, 2), the ``labels`` (N,), ``colors`` (N,) names, whether the digit is
+    ``detected`` (N,) (enough ink and confidence), and the classifier ``features`` (N, D) or None.
+    """
+
+    corners: np.ndarray
+    centroids: np.ndarray
+    labels: np.ndarray
+    colors: np.ndarray
+    detected: np.ndarray
+    features: np.ndarray | None
+
+
+def _read(frames: np.ndarray, classifier: DigitClassifier, features: bool = False) -> _Frames:
+    """Locates, labels and colors the digit of every RGB frame (N, 3, H, W) in [0, 1]."""
+    corners, centroids = locate(frames)  # (N, 2) each
+    crops = _crops(frames, corners)  # (N, 3, 8, 8)
+    gray = ink(crops)  # (N, 8, 8)
+    x = torch.from_numpy(gray).float()
+    labels, confidence = (t.numpy() for t in classifier.predict(x))
+    detected = ((np.clip(gray - INK_FLOOR, 0.0, None).sum((1, 2)) > INK_THRESHOLD)
+                & (confidence >= MIN_CONFIDENCE))
+    return _Frames(corners, centroids, labels,
+                   np.asarray(COLOR_NAMES)[nearest_colors(crops, gray)], detected,
+                   classifier.features(x).double().numpy() if features else None)
+
+
+#: Frames agree in position when their located windows are at most this many pixels apart.
+POSITION_TOLERANCE = 1
+
+
+@torch.no_grad()
+def clip_faithfulness(videos: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray,
+                      classifier: DigitClassifier | None = None) -> np.ndarray:
+    """Per clip, the fraction of its frames that show what the reference clip's frame shows.
+
+    A frame agrees when the digit is detected in neither, or in both with the same label, the same
+    color and windows at most :data:`POSITION_TOLERANCE` pixels apart (on either axis). The
+    prompt plays no part, so the score keeps falling as a quantized model drifts from the
+    full-precision sample of the same seed, where the task total saturates.
+
+    Args:
+        videos: clips (B, 3, F, 16, 16) in [-1, 1], e.g. the quantized model's.
+        reference: the same shape, e.g. the full-precision clips of the same prompts and seeds.
+
+    Returns:
+        (B,) float64 in [0, 1].
+
+    Example:
+        >>> x = np.full((2, 3, 4, 16, 16), -1.0)
+        >>> clip_faithfulness(x, x).tolist()
+        [1.0, 1.0]
+    """
+    clips, ref = _as_clips(videos), _as_clips(reference, "reference")
+    if clips.shape != ref.shape:
+        raise ValueError(f"videos {clips.shape} and reference {ref.shape} differ in shape")
+    b, _, n_frames, h, w = clips.shape
+    classifier = classifier or load_classifier()
+    frames = np.concatenate([clips, ref]).transpose(0, 2, 1, 3, 4).reshape(-1, 3, h, w)
+    read = _read(frames, classifier)
+    n = b * n_frames
+    ours, theirs = slice(0, n), slice(n, 2 * n)
+    same = ((read.labels[ours] == read.labels[theirs]) & (read.colors[ours] == read.colors[theirs])
+            & (np.abs(read.corners[ours] - read.corners[theirs]).max(1) <= POSITION_TOLERANCE))
+    agree = np.where(read.detected[ours] & read.detected[theirs], same,
+                     read.detected[ours] == read.detected[theirs])  # (B*F,)
+    return agree.reshape(b, n_frames).mean(1).astype(np.float64)
+
+
 def _check_specs(specs: list[ClipSpec], batch: int) -> None:
     """One-line ValueErrors for a spec list that does not fit the batch or the clip grammar."""
     if len(specs) != batch:
@@ -218,19 +289,12 @@ def evaluate_clips(videos: torch.Tensor | np.ndarray, specs: list[ClipSpec],
     if n_frames < 3:
         raise ValueError(f"need at least 3 frames per clip, got {n_frames}")
     _check_specs(specs, b)
-    classifier = classifier or load_classifier()
     frames = clips.transpose(0, 2, 1, 3, 4).reshape(b * n_frames, 3, h, w)  # (B*F, 3, H, W)
-    corners, centroids = locate(frames)  # (B*F, 2) each
-    crops = _crops(frames, corners)  # (B*F, 3, 8, 8)
-    gray = ink(crops)  # (B*F, 8, 8)
-    x = torch.from_numpy(gray).float()
-    labels, confidence = (t.numpy() for t in classifier.predict(x))
-    features = classifier.features(x).double().numpy()  # (B*F, D)
+    read = _read(frames, classifier or load_classifier(), features=True)
+    corners, centroids, labels = read.corners, read.centroids, read.labels
+    colors, detected, features = read.colors, read.detected, read.features
 
     # Per-frame DigitEval.
-    colors = np.asarray(COLOR_NAMES)[nearest_colors(crops, gray)]  # (B*F,)
-    detected = ((np.clip(gray - INK_FLOOR, 0.0, None).sum((1, 2)) > INK_THRESHOLD)
-                & (confidence >= MIN_CONFIDENCE))
     digits = np.repeat([s.digit for s in specs], n_frames)
     wanted = np.repeat([s.color or "" for s in specs], n_frames)
     passed = (detected & (labels == digits) & ((wanted == "") | (colors == wanted)))
