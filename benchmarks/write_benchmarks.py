@@ -254,49 +254,54 @@ def verdict(report) -> list[str]:
 def massive_section() -> list[str]:
     res = _load(ROOT / "runs" / "bench-ma" / "report.json")
     out = ["## The massive-activation regime (make bench-ma)", ""]
-    if res is None:
+    if res is None or "configs" not in res:
         return out + ["(run `make bench-ma`)", ""]
-    strengths = res["strengths"]
+    configs = res["configs"]
 
-    def name(s):
-        return "none" if s is None else f"{s:g}"
+    def name(c):
+        return "none" if c["strength"] is None else f"{c['variant']} {c['strength']:g}"
 
     out += [f"Command: `make bench-ma` ({res['model']}, {res['num_prompts']} test prompts, "
             f"{res['steps']} steps, seed {res['seed']}; wall time "
-            f"{res['wall_seconds'] / 60:.1f} min). Variants `{res['model']}@ma<k>` scale two "
-            "hidden channels of the adaLN shift and scale that feed every block's attention and "
-            "MLP inputs by k and divide the matching input columns of the next linear layers: "
-            "the full-precision function is unchanged, the channels' size follows the timestep "
-            "embedding (`adatsq.models.massive`).", "",
+            f"{res['wall_seconds'] / 60:.1f} min). Two function-preserving variants "
+            "(`adatsq.models.massive`): *absorbable* (`@ma<k>`) scales two hidden channels of "
+            "the adaLN shift and scale by k and divides the consumers' input columns by k, which "
+            "SmoothQuant's channel factor undoes exactly; *bias* (`@mb<k>`) adds a constant "
+            "offset of k medians to the same channels on every token and absorbs it in the "
+            "consumers' biases, which no channel rescaling removes.", "",
             "Measured outlier ratio (channel max / median channel max, max over steps; median "
-            "and largest over layers): " + "; ".join(
-                f"{name(s)}: {o['median']:.1f}× / {o['max']:.0f}×" for s, o in
-                zip(strengths, res["outlier_ratio"].values())) + ".", ""]
+            "and largest over layers; largest after a Hadamard rotation of the layer's input, "
+            "÷√width, for comparison with Flux-Dev's width 3072): " + "; ".join(
+                f"{name(c)}: {o['median']:.1f}× / {o['max']:.0f}× / {o.get('max_rotated', 0):.1f}×"
+                for c, o in zip(configs, res["outlier_ratio"].values())) + ".", ""]
     for bits in ("W4A4", "W3A3"):
-        out += [f"**{bits}**: task total (PSNR dB) per strength", "",
-                "| method | " + " | ".join(name(s) for s in strengths) + " |",
-                "|---|" + "---|" * len(strengths)]
+        out += [f"**{bits}**: task total (PSNR dB, faithfulness) per variant and strength", "",
+                "| method | " + " | ".join(name(c) for c in configs) + " |",
+                "|---|" + "---|" * len(configs)]
         methods = list(dict.fromkeys(r["method"] for r in res["rows"] if r["bits"] == bits))
-        fp = {r["strength"]: r for r in res["rows"] if r["method"] == "fp"}
-        out.append("| fp | " + " | ".join(f"{fp[s]['eval']['total']:.3f}" if s in fp else "-"
-                                          for s in strengths) + " |")
+        fp = {r["name"]: r for r in res["rows"] if r["method"] == "fp"}
+        out.append("| fp | " + " | ".join(f"{fp[c['name']]['eval']['total']:.3f}"
+                                          if c["name"] in fp else "-" for c in configs) + " |")
         for m in methods:
-            at = {r["strength"]: r for r in res["rows"] if r["method"] == m and r["bits"] == bits}
+            at = {r["name"]: r for r in res["rows"] if r["method"] == m and r["bits"] == bits}
             out.append(f"| {m} | " + " | ".join(
-                f"{at[s]['eval']['total']:.3f} ({at[s]['psnr']:.1f})" if s in at else "-"
-                for s in strengths) + " |")
+                f"{at[c['name']]['eval']['total']:.3f} ({at[c['name']]['psnr']:.1f}, "
+                f"{at[c['name']]['faithful']:.2f})" if c["name"] in at else "-"
+                for c in configs) + " |")
         out.append("")
-        for s in strengths:
-            found = [v for v in res["verdicts"] if v["strength"] == s and v["bits"] == bits
-                     and v["metric"] == "total"]
-            if found:
-                groups = {k: [v["baseline"] for v in found if v["verdict"] == k]
-                          for k in ("beats", "ties", "loses")}
-                out.append(f"- strength {name(s)}: AdaTSQ " + "; ".join(
-                    f"{k} {', '.join(v)}" for k, v in groups.items() if v) + " (task total, "
-                    "paired 95%)")
+        for c in configs:
+            for metric in ("psnr", "faithful", "total"):
+                found = [v for v in res["verdicts"] if v["name"] == c["name"]
+                         and v["bits"] == bits and v["metric"] == metric]
+                if found:
+                    groups = {k: [v["baseline"] for v in found if v["verdict"] == k]
+                              for k in ("beats", "ties", "loses")}
+                    out.append(f"- {name(c)}, {metric}: AdaTSQ " + "; ".join(
+                        f"{k} {', '.join(v)}" for k, v in groups.items() if v)
+                        + " (paired 95%)")
         out.append("")
-    return out + ["![strength](runs/bench-ma/strength.png)", ""]
+    kinds = list(dict.fromkeys(c["variant"] for c in configs if c["variant"]))
+    return out + [f"![strength {k}](runs/bench-ma/strength_{k}.png)" for k in kinds] + [""]
 
 
 def demo_section() -> list[str]:

@@ -411,7 +411,8 @@ def _write(report: dict[str, Any], grid: dict[str, np.ndarray], prompts: list[st
 @torch.no_grad()
 def activation_outliers(pipeline, prompts: list[str], steps: int | None = None,
                         seed: int = 0) -> dict[str, Any]:
-    """Channel max / median channel max of every quantizable layer's input, per step."""
+    """Channel max / median channel max of every quantizable layer's input, per step, with each
+    layer's input width."""
 
     stats = capture(pipeline, prompts, seed=seed, steps=steps,
                     config=CaptureConfig(hessian="none", samples_per_step=0), progress=False)
@@ -420,7 +421,9 @@ def activation_outliers(pipeline, prompts: list[str], steps: int | None = None,
         a = stats.absmax[name]  # (T, d_in)
         ratio[name] = (a.amax(1) / a.median(1).values.clamp_min(1e-8)).tolist()
     ranges = {n: (stats.minmax[n][:, 1] - stats.minmax[n][:, 0]).tolist() for n in stats.layers}
-    return {"outlier_ratio": ratio, "range": ranges, "sigmas": stats.sigmas.tolist()}
+    width = {n: int(stats.absmax[n].shape[1]) for n in stats.layers}
+    return {"outlier_ratio": ratio, "range": ranges, "width": width,
+            "sigmas": stats.sigmas.tolist()}
 
 
 def rows_at(rows: list[dict], bits: str) -> dict[str, dict]:

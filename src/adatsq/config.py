@@ -233,9 +233,9 @@ class QDiTOptions(MethodOptions):
             raise ValueError("Q-DiT group sizes and budget_group_size must be positive")
 
 
-CALIBRATIONS = ("fisher", "uniform", "none")
+CALIBRATIONS = ("fisher", "uniform", "steps", "none")
 STEP_LOSSES = ("guided", "conditional")
-FISHER_TARGETS = ("velocity", "output")
+FISHER_TARGETS = ("velocity", "output", "x0")
 
 
 @options_for("adatsq")
@@ -245,11 +245,17 @@ class AdaTSQOptions(MethodOptions):
 
     Attributes:
         pareto: timestep-dynamic activation bits by the Pareto beam search (else uniform bits).
-        calib: weight calibration, ``"fisher"``, ``"uniform"`` or ``"none"`` (round to nearest).
+        calib: weight calibration, ``"fisher"``, ``"uniform"``, ``"steps"`` (the same given
+            ``step_weights`` for every layer) or ``"none"`` (round to nearest).
+        step_weights: per-step weights of ``calib="steps"`` (one per sampling step, normalized
+            to sum to one), e.g. a measured per-step damage or ``Δσ_t``.
+        calib_last_step: whether the last sampling step's Hessian takes part in the calibration
+            (False: its weight is set to 0 and the others renormalized).
         tau: softmax temperature of Eq. 6 on per-layer mean-normalized Fisher scores.
         mix: weight of uniform calibration blended into the Eq. 6 weights (0: Eq. 6 alone).
-        fisher_target: ``"velocity"`` (Eq. 1) or ``"output"`` (target-free output
-            sensitivity), see :mod:`adatsq.calib.fisher`.
+        fisher_target: ``"velocity"`` (Eq. 1), ``"output"`` (target-free output
+            sensitivity) or ``"x0"`` (the loss on the denoised estimate ``x_t - σ v``), see
+            :mod:`adatsq.calib.fisher`.
         extra_bits: ``B_target - bits`` (the paper's W3A3.1 has 0.1).
         bit_choices: per-layer activation widths the candidates use.
         num_candidates: ``M`` candidates per step (also the beam width).
@@ -282,6 +288,8 @@ class AdaTSQOptions(MethodOptions):
     tau: float = 10.0  # chosen on validation (bench_calibration.py; tau 1 collapses, N_eff 1)
     mix: float = 0.5
     fisher_target: str = "velocity"
+    step_weights: tuple[float, ...] | None = None
+    calib_last_step: bool = True
     extra_bits: float = 0.1
     bit_choices: tuple[int, ...] = (3, 4, 8)
     num_candidates: int = 8
@@ -304,6 +312,13 @@ class AdaTSQOptions(MethodOptions):
     def __post_init__(self):
         object.__setattr__(self, "bit_choices", tuple(self.bit_choices))
         object.__setattr__(self, "loss_weights", tuple(float(g) for g in self.loss_weights))
+        if self.step_weights is not None:
+            w = tuple(float(x) for x in self.step_weights)
+            if not w or not all(x >= 0 and x < float("inf") for x in w) or sum(w) <= 0:
+                raise ValueError("step_weights must be finite, non-negative and not all zero")
+            object.__setattr__(self, "step_weights", w)
+        if (self.calib == "steps") != (self.step_weights is not None):
+            raise ValueError("step_weights go with calib='steps' (and calib='steps' needs them)")
         if not self.loss_weights:
             raise ValueError("loss_weights needs at least one exponent (0: Eq. 3 as printed)")
         if self.calib not in CALIBRATIONS:

@@ -141,9 +141,80 @@ def test_artifact_of_a_variant_loads_as_the_variant(flux_ma30, tmp_path):
 
 @pytest.mark.parametrize("name, error, match", [
     ("flux-digits@ma1", ValueError, "> 1"), ("flux-digits@ma-5", ValueError, "> 1"),
-    ("flux-digits@maxx", ValueError, "> 1"), ("flux-digits@mb30", KeyError, "unknown suffix"),
+    ("flux-digits@maxx", ValueError, "> 1"), ("flux-digits@mc30", KeyError, "unknown suffix"),
+    ("zimage-digits@mb30", ValueError, "needs modulations with a shift"),
     ("wan-digits@ma30", ValueError, "has none"), ("flux-xl@ma30", ValueError, "unknown model")])
 def test_bad_variant_names_end_with_one_line_errors(name, error, match):
     with pytest.raises(error, match=match) as info:
         load_pipeline(name)
     assert "\n" not in str(info.value)
+
+
+def _smoothed_weights(model, latents, cond, layers, alpha=0.5):
+    """Every layer's SmoothQuant-smoothed weight ``W diag(s)`` on the inputs of one call."""
+    from adatsq.quant.smoothing import smooth_weight, smoothing_factors
+    _, absmax = consumer_inputs(registered()["flux"](), model, latents, cond, layers)
+    return {n: smooth_weight(model.get_submodule(n).weight,
+                             smoothing_factors(absmax[n], model.get_submodule(n).weight, alpha))
+            for n in layers}
+
+
+@pytest.mark.parametrize("strength", [10.0, 110.0])
+def test_bias_variant_keeps_the_function_and_smoothing_cannot_undo_it(strength):
+    adapter = registered()["flux"]()
+    model, latents, cond = example("flux")
+    absorbable, biased = copy.deepcopy(model), copy.deepcopy(model)
+    massive_activations_(absorbable, strength)
+    info = massive_activations_(biased, strength, variant="bias", probe=lambda m: adapter.denoise(
+        m, latents, cond, torch.full((latents.shape[0],), 0.4)))
+    assert info["variant"] == "bias" and set(info["offsets"]) == set(info["modulations"])
+    layers = info["layers"]
+    before_out, before = consumer_inputs(adapter, model, latents, cond, layers)
+    after_out, after = consumer_inputs(adapter, biased, latents, cond, layers)
+    assert (after_out - before_out).abs().max() / before_out.abs().max() <= TOLERANCE
+    chosen = torch.tensor(info["channels"])
+    for name in layers:  # the chosen channels stand about `strength` medians out
+        ratio = after[name][chosen] / after[name].median()
+        assert ((ratio > 0.5 * strength) & (ratio < 2 * strength)).all(), (name, ratio)
+    # the consumers keep their weights and carry the offset in their bias
+    for name in layers:
+        torch.testing.assert_close(biased.get_submodule(name).weight,
+                                   model.get_submodule(name).weight, rtol=0, atol=0)
+        assert not torch.equal(biased.get_submodule(name).bias, model.get_submodule(name).bias)
+    # SmoothQuant undoes the absorbable variant exactly (up to the FP16 factor) but not this one
+    base = _smoothed_weights(model, latents, cond, layers)
+    undone = _smoothed_weights(absorbable, latents, cond, layers)
+    kept = _smoothed_weights(biased, latents, cond, layers)
+    for name in layers:
+        scale = base[name].abs().max()
+        assert (undone[name] - base[name]).abs().max() <= 1e-3 * scale
+        assert (kept[name] - base[name]).abs().max() >= 0.5 * scale
+
+
+def test_bias_variant_is_refused_without_modulation_shifts_and_unknown_variants():
+    zimage, _, _ = example("zimage")
+    with pytest.raises(ValueError, match="needs modulations with a shift; "
+                                         "ZImageTransformer2DModel has none"):
+        massive_activations_(zimage, 30.0, variant="bias")
+    flux, _, _ = example("flux")
+    state = copy.deepcopy(flux.state_dict())
+    with pytest.raises(ValueError, match="unknown massive-activation variant 'scaled'"):
+        massive_activations_(flux, 30.0, variant="scaled")
+    assert all(torch.equal(state[k], v) for k, v in flux.state_dict().items())
+
+
+def test_rotated_ratio_states_strengths_comparably_with_flux_dev():
+    from adatsq.models.massive import rotated_ratio
+    assert rotated_ratio(110.0, 128) == pytest.approx(110 / 128 ** 0.5)
+    assert rotated_ratio(10.0, 3072) < 0.2  # Flux-Dev's width dilutes 10x to 0.18x
+
+
+def test_zoo_names_the_bias_variant():
+    from adatsq.zoo.registry import get
+    entry = get("flux-digits@mb30")
+    assert (entry.massive_variant, entry.massive_strength) == ("bias", 30.0)
+    assert get("flux-digits@ma30").massive_variant == "absorbable"
+    with pytest.raises(KeyError, match="known: @ma<strength> and @mb<strength>"):
+        get("flux-digits@mc30")
+    with pytest.raises(ValueError, match="e.g. flux-digits@mb30"):
+        get("flux-digits@mbx")

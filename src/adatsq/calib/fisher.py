@@ -14,6 +14,9 @@ The empirical Fisher is dominated by what the model cannot predict: as ``sigma -
 ``target="output"`` measures that influence instead: the Fisher of a unit Gaussian output model
 (the Gauss-Newton diagonal ``E ||J_W^T u||^2`` with ``u ~ N(0, I)``, one random projection per
 sample), the squared gradient of ``<u, v(x_t)>``, which does not depend on the target at all.
+``target="x0"`` keeps the data but scores the denoised estimate ``x0_hat = x_t - sigma v``
+against ``x0``: its loss is ``sigma^2`` times the velocity loss, so its Fisher is ``sigma^4``
+times the velocity Fisher, and the irreducible noise of the last steps no longer dominates.
 """
 
 from __future__ import annotations
@@ -113,8 +116,9 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
         micro_batch: samples per backward pass (1: exact empirical Fisher; see above).
         progress: a bar over timesteps.
         sigmas: noise levels (T,) of the sampling steps (default: the pipeline sampler's).
-        target: ``"velocity"`` (Eq. 1: the training loss against ``eps - x0``) or ``"output"``
-            (the target-free output sensitivity; see the module docstring).
+        target: ``"velocity"`` (Eq. 1: the training loss against ``eps - x0``), ``"output"``
+            (the target-free output sensitivity) or ``"x0"`` (the loss on the denoised
+            estimate); see the module docstring.
         done: the scores (L,) of steps an interrupted run finished, by step: kept, not computed
             again (their random numbers are still drawn, so later steps get the same ones).
         on_step: called with each newly computed step and its scores (L,) (a checkpoint).
@@ -175,6 +179,8 @@ def fisher_information(pipeline, prompts: list[str], steps: int | None = None, s
                     v = adapter.denoise(model, xt, sub, torch.full((j - i,), s, device=x.device))
                     if target == "velocity":
                         loss = (v - (e - x)).square().mean()
+                    elif target == "x0":  # x0_hat = x_t - sigma v against x0
+                        loss = (xt - s * v - x).square().mean()
                     else:  # <u, v> / n with u ~ N(0, I): the residual of a sampled target
                         loss = 2.0 * (v * u.to(v.device, v.dtype)).mean()
                     grads = torch.autograd.grad(loss, weights)

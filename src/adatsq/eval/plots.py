@@ -243,16 +243,20 @@ def efficiency_plot(rows: list[dict], path: str | Path, title: str = "") -> Path
 
 
 def strength_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """Task total and PSNR (rows) against the massive-activation strength, one line per method,
-    one column per bit width; the original model (strength None) is drawn at 1."""
+    """Task total, PSNR and (where measured) faithfulness (rows) against the massive-activation
+    strength, one line per method, one column per bit width; the original model (strength None)
+    is drawn at 1."""
     bit_widths = list(dict.fromkeys(r["bits"] for r in rows if r["method"] != "fp"))
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "fp"))
     strengths = sorted({r["strength"] or 1 for r in rows})
     cmap = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(2, len(bit_widths), figsize=(5.5 * len(bit_widths), 7.5),
-                             squeeze=False)
+    panels = [("task total", "total"), ("PSNR (dB)", "psnr")]
+    if any(r.get("faithful") is not None for r in rows):
+        panels.append(("faithful to FP", "faithful"))
+    fig, axes = plt.subplots(len(panels), len(bit_widths),
+                             figsize=(5.5 * len(bit_widths), 3.75 * len(panels)), squeeze=False)
     for j, bits in enumerate(bit_widths):
-        for i, (ylabel, key) in enumerate([("task total", "total"), ("PSNR (dB)", "psnr")]):
+        for i, (ylabel, key) in enumerate(panels):
             ax = axes[i, j]
             if key == "total":
                 fp = sorted((r["strength"] or 1, r["eval"]["total"]) for r in rows
@@ -260,7 +264,7 @@ def strength_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
                 ax.plot(*zip(*fp), color="black", ls="--", lw=1, label="fp")
             for k, m in enumerate(methods):
                 pts = sorted((r["strength"] or 1, r["eval"]["total"] if key == "total"
-                              else r["psnr"]) for r in rows
+                              else r[key]) for r in rows
                              if r["method"] == m and r["bits"] == bits)
                 if pts:
                     ax.plot(*zip(*pts), marker="o", color=cmap(k % 10),
@@ -275,6 +279,42 @@ def strength_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
     axes[0, -1].legend(fontsize=7, loc="lower left")
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def calibration_error_plot(fig5: dict, sigmas: np.ndarray, path: str | Path) -> Path:
+    """The paper's Fig. 5: one layer's output error per step (on held-out Hessians), GPTQ
+    calibrated uniformly against Fisher-guided."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    steps = np.arange(len(sigmas))
+    ax.plot(steps, fig5["uniform"], marker="o", ms=3, label="uniform calibration")
+    ax.plot(steps, fig5["fisher"], marker="s", ms=3, label="Fisher-guided (Eq. 6, tau 1)")
+    ax.set_yscale("log")
+    ax.set_xlabel("sampling step (sigma 1 -> 0)")
+    ax.set_ylabel("reconstruction error tr(E H_t E^T)")
+    ax.set_title(f"{fig5['layer']}: per-step error of the calibrated weights", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def transfer_plot(bound: dict, sigmas: np.ndarray, path: str | Path) -> Path:
+    """Per step: the most any reweighting could gain (step-only fit against uniform, held out)
+    and the sampling noise of the Hessians (uniform fit on the other half against in-sample)."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    steps = np.arange(len(sigmas))
+    ax.plot(steps, 100 * np.asarray(bound["gain"]), marker="o", ms=3,
+            label="gain bound: all weight on step t (held out)")
+    ax.plot(steps, 100 * np.asarray(bound["gap"]), marker="s", ms=3,
+            label="Hessian sampling gap: other half vs in-sample")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("sampling step (sigma 1 -> 0)")
+    ax.set_ylabel("% of the uniform fit's error")
+    ax.set_title("What per-step reweighting can win, summed over layers", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -115,9 +115,25 @@ class AdaTSQ(Method):
                 raise ValueError("the Fisher scores were computed for other layers than this "
                                  "model's; compute them on the model being quantized")
         self.alpha = None
+        layers = list(adapter.quantizable_layers(model))
+        alpha = None
         if o.calib == "fisher":
             alpha = temporal_weights(self.fisher.scores, o.tau, o.mix)
-            self.alpha = dict(zip(self.fisher.layers, alpha))
+        elif o.calib == "steps":
+            if len(o.step_weights) != stats.steps:
+                raise ValueError(f"{len(o.step_weights)} step_weights given for "
+                                 f"{stats.steps} calibration steps")
+            alpha = np.tile(np.asarray(o.step_weights, dtype=np.float64), (len(layers), 1))
+        elif o.calib == "uniform" and not o.calib_last_step:
+            alpha = np.ones((len(layers), stats.steps))
+        if alpha is not None:
+            if not o.calib_last_step:
+                if stats.steps < 2:
+                    raise ValueError("calib_last_step=False needs at least two steps")
+                alpha = alpha.copy()
+                alpha[:, -1] = 0.0
+            alpha = alpha / alpha.sum(axis=1, keepdims=True)
+            self.alpha = dict(zip(layers, alpha))
         # FP velocities along the calibration trajectory, for the step losses of Eq. 2
         self.fp_out = None
         self._batch = None

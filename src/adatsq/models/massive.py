@@ -30,6 +30,20 @@ large chosen channel per site is enough for its ratio to reach ``k``. On flux-di
 zimage-digits (4 calibration prompts, 4 steps) the smallest ratio of an affected layer is 1.4
 and 1.8 ``k`` with the zoo's probe (:meth:`adatsq.zoo.registry.ZooEntry.probe`), 1.1 ``k``
 without.
+
+That variant is *absorbable*: the consumers' input columns carry exactly ``1 / k``, so channel
+balancing (SmoothQuant's ``s_c = max|X_c|^a / max|W_c|^(1 - a)``) scales channel ``c`` by ``k``
+and recovers the original model's smoothed inputs and weights. Real massive activations come with
+no such weights. ``variant="bias"`` gives instead a *bias-compensated* offset: the modulated input
+becomes ``n + o`` with a constant ``o_c = k m`` in the chosen channels (``m``: the median channel
+absmax of the site's input, measured by the probe, else estimated as the median ``|1 + b|`` of
+the scale chunk), the same on every token and at every timestep, added through the shift chunk's
+bias; the consumers keep their weights and absorb it in their bias, ``b -> b - W[:, C] o_C``.
+The chosen channels' absmax becomes about ``k`` times the median's, and no per-channel rescaling
+of the input can remove a constant (it needs families whose modulation has a shift: Flux).
+
+A rotation by an orthogonal Hadamard matrix spreads one such channel over all ``d``: its ratio
+after rotation is about ``k / sqrt(d)`` (:func:`rotated_ratio`).
 """
 
 from __future__ import annotations
@@ -66,10 +80,26 @@ def choose_channels(sizes: torch.Tensor, channels: int) -> list[int]:
     return sorted(chosen)
 
 
-def measured_sizes(model: nn.Module, inputs: list[nn.Linear],
-                   probe: Callable[[nn.Module], object]) -> torch.Tensor:
-    """(S, d) largest relative input absmax over the calls made by ``probe(model)``, of each
-    layer of ``inputs`` (one consumer per site)."""
+VARIANTS = ("absorbable", "bias")
+"""The kinds of massive activation :func:`massive_activations_` gives (module docstring)."""
+
+
+def rotated_ratio(strength: float, width: int) -> float:
+    """The outlier ratio of one massive channel after a Hadamard rotation of ``width`` channels,
+    ``strength / sqrt(width)``: 10x at width 128 is 0.9x, 110x is 9.7x; Flux-Dev's 3072 channels
+    dilute 10x to 0.18x.
+
+    Example:
+        >>> round(rotated_ratio(110.0, 128), 2)
+        9.72
+    """
+    return float(strength) / math.sqrt(width)
+
+
+def measured_absmax(model: nn.Module, inputs: list[nn.Linear],
+                    probe: Callable[[nn.Module], object]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per site (one consumer in ``inputs`` each), over the calls made by ``probe(model)``: the
+    largest relative input absmax (S, d) and the largest absolute one (S, d)."""
     calls: list[list[torch.Tensor]] = [[] for _ in inputs]
 
     def record(i):
@@ -84,7 +114,8 @@ def measured_sizes(model: nn.Module, inputs: list[nn.Linear],
             hook.remove()
     if any(not c for c in calls):
         raise ValueError("the probe did not run every modulated layer of the model")
-    return torch.stack([relative_size(torch.stack(c)).amax(0) for c in calls])
+    return (torch.stack([relative_size(torch.stack(c)).amax(0) for c in calls]),
+            torch.stack([torch.stack(c).amax(0).double() for c in calls]))
 
 
 def amplify_modulation(W: torch.Tensor, b: torch.Tensor, site: ModulationSite,
@@ -103,6 +134,16 @@ def amplify_modulation(W: torch.Tensor, b: torch.Tensor, site: ModulationSite,
     return W, b
 
 
+def offset_modulation(b: torch.Tensor, site: ModulationSite, idx: torch.Tensor,
+                      offset: torch.Tensor) -> torch.Tensor:
+    """Modulation bias (chunks*d,) whose modulated input is ``offset`` (|idx|,) larger in
+    channels ``idx``, on every token (through the shift chunk)."""
+    b = b.double().clone()
+    d = b.shape[0] // site.chunks
+    b[site.shift * d + idx] += offset
+    return b
+
+
 def _linear(modules: dict[str, nn.Module], name: str) -> nn.Linear:
     module = modules.get(name)
     if not isinstance(module, nn.Linear):
@@ -114,7 +155,8 @@ def _linear(modules: dict[str, nn.Module], name: str) -> nn.Linear:
 
 @torch.no_grad()
 def massive_activations_(model: nn.Module, strength: float, channels: int = 2,
-                         probe: Callable[[nn.Module], object] | None = None) -> dict:
+                         probe: Callable[[nn.Module], object] | None = None,
+                         variant: str = "absorbable") -> dict:
     """Gives ``model`` massive activations of ``strength`` in ``channels`` hidden channels, in
     place, without changing its function (up to float rounding); see the module docstring.
 
@@ -124,10 +166,12 @@ def massive_activations_(model: nn.Module, strength: float, channels: int = 2,
         channels: how many hidden channels (fewer than half of them).
         probe: runs ``model`` on representative inputs, to measure which channels are large
             (without one, they are estimated from the modulation biases).
+        variant: ``"absorbable"`` (channels scaled by ``k``, consumer columns by ``1 / k``) or
+            ``"bias"`` (constant offsets compensated through the consumers' biases).
 
     Returns:
-        ``{"strength", "channels" (indices), "modulations" (linear names), "layers" (consumer
-        linear names)}``.
+        ``{"strength", "variant", "channels" (indices), "modulations" (linear names), "layers"
+        (consumer linear names), "offsets" (per modulation, the offset added; bias variant)}``.
 
     Example:
         >>> from diffusers import FluxTransformer2DModel
@@ -141,7 +185,13 @@ def massive_activations_(model: nn.Module, strength: float, channels: int = 2,
     if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength > 1):
         raise ValueError(f"massive-activation strength must be a finite number > 1, "
                          f"got {strength!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown massive-activation variant {variant!r}; "
+                         f"known: {', '.join(VARIANTS)}")
     sites = adapter_for(model).modulation_sites(model)
+    if variant == "bias" and any(s.shift is None for s in sites):
+        raise ValueError(f"the bias-compensated variant needs modulations with a shift; "
+                         f"{type(model).__name__} has none (use variant='absorbable')")
     modules = dict(model.named_modules())
     consumers = [name for s in sites for name in s.consumers]
     if len(set(consumers)) != len(consumers):
@@ -159,21 +209,38 @@ def massive_activations_(model: nn.Module, strength: float, channels: int = 2,
     if any(linears[s.modulation].bias is None for s in sites):
         raise ValueError("massive_activations_ needs modulation linears with a bias")
     if probe is None:
-        sizes = relative_size(torch.stack([
+        absmax = torch.stack([
             (1 + linears[s.modulation].bias.detach().view(s.chunks, d)[s.scale].double()).abs()
-            for s in sites]))  # (S, d)
+            for s in sites])  # (S, d)
+        sizes = relative_size(absmax)
     else:
-        sizes = measured_sizes(model, [linears[s.consumers[0]] for s in sites], probe)
+        sizes, absmax = measured_absmax(model, [linears[s.consumers[0]] for s in sites], probe)
     chosen = choose_channels(sizes, channels)
-    for site in sites:
+    offsets = {}
+    for site, typical in zip(sites, absmax.median(-1).values.tolist()):
         mod = linears[site.modulation]
         idx = torch.tensor(chosen, device=mod.weight.device)
-        W, b = amplify_modulation(mod.weight, mod.bias, site, idx, strength)
-        mod.weight.copy_(W)
-        mod.bias.copy_(b)
+        if variant == "bias":
+            offset = torch.full((len(chosen),), strength * typical, dtype=torch.float64,
+                                device=mod.weight.device)
+            mod.bias.copy_(offset_modulation(mod.bias, site, idx, offset))
+            offsets[site.modulation] = float(offset[0])
+        else:
+            W, b = amplify_modulation(mod.weight, mod.bias, site, idx, strength)
+            mod.weight.copy_(W)
+            mod.bias.copy_(b)
         for name in site.consumers:
-            W = linears[name].weight.double()  # (out, d)
-            W[:, idx] /= strength
-            linears[name].weight.copy_(W)
-    return {"strength": float(strength), "channels": chosen,
+            consumer = linears[name]
+            if variant == "bias":
+                if consumer.bias is None:
+                    consumer.bias = nn.Parameter(consumer.weight.new_zeros(consumer.out_features),
+                                                 requires_grad=False)
+                shift = consumer.weight.double()[:, idx] @ offset  # (out,)
+                consumer.bias.copy_(consumer.bias.double() - shift)
+            else:
+                W = consumer.weight.double()  # (out, d)
+                W[:, idx] /= strength
+                consumer.weight.copy_(W)
+    info = {"strength": float(strength), "variant": variant, "channels": chosen,
             "modulations": sorted({s.modulation for s in sites}), "layers": consumers}
+    return {**info, "offsets": offsets} if variant == "bias" else info

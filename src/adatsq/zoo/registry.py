@@ -3,7 +3,8 @@
 A zoo name is a base name of :data:`ENTRIES` or a variant of one: ``<base>@ma<strength>`` (e.g.
 ``flux-digits@ma30``) is the base model with massive activations of that strength
 (:func:`adatsq.models.massive.massive_activations_`: the same function, a few hidden channels
-``strength`` times larger).
+``strength`` times larger, absorbable by channel balancing); ``<base>@mb<strength>`` the same with
+bias-compensated constant offsets, which channel balancing cannot undo.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class ZooEntry:
             otherwise clips of moving digits from :mod:`adatsq.zoo.clips`).
         description: one line for ``adatsq zoo``.
         massive_strength: strength of the massive activations :meth:`load_model` gives the
-            model (None: the trained model as is); set by :func:`get` for ``@ma`` names.
+            model (None: the trained model as is); set by :func:`get` for ``@ma``/``@mb`` names.
+        massive_variant: their kind, ``"absorbable"`` (``@ma``) or ``"bias"`` (``@mb``).
     """
 
     name: str
@@ -68,6 +70,7 @@ class ZooEntry:
     description: str = ""
     training: dict = field(default_factory=dict, hash=False)
     massive_strength: float | None = None
+    massive_variant: str = "absorbable"
 
     @property
     def is_video(self) -> bool:
@@ -172,7 +175,8 @@ class ZooEntry:
         model.load_state_dict(load_file(str(path)))
         model.eval().requires_grad_(False)
         if self.massive_strength is not None:
-            massive_activations_(model, self.massive_strength, probe=self.probe)
+            massive_activations_(model, self.massive_strength, probe=self.probe,
+                                 variant=self.massive_variant)
         return model
 
     def probe(self, model: torch.nn.Module, prompts: int = 8, steps: int = 4) -> None:
@@ -230,7 +234,9 @@ ENTRIES = {
 
 
 MASSIVE = "ma"
-"""The suffix ``@ma<strength>`` of massive-activation variants."""
+"""The suffix ``@ma<strength>`` of absorbable massive-activation variants."""
+MASSIVE_SUFFIXES = {MASSIVE: "absorbable", "mb": "bias"}
+"""Suffix -> kind of massive activations (:data:`adatsq.models.massive.VARIANTS`)."""
 
 
 def is_zoo_name(name: str) -> bool:
@@ -240,7 +246,8 @@ def is_zoo_name(name: str) -> bool:
 
 
 def get(name: str) -> ZooEntry:
-    """The zoo entry called ``name`` (a base name or ``<base>@ma<strength>``).
+    """The zoo entry called ``name`` (a base name, ``<base>@ma<strength>`` or
+    ``<base>@mb<strength>``).
 
     Raises ``KeyError`` for an unknown base name or suffix, ``ValueError`` for a bad strength or
     a base model without modulation sites.
@@ -253,22 +260,25 @@ def get(name: str) -> ZooEntry:
     base, at, suffix = name.partition("@")
     if base not in ENTRIES:
         raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(sorted(ENTRIES))} "
-                       f"(and <name>@{MASSIVE}<strength>)")
+                       f"(and <name>@ma<strength> or <name>@mb<strength>)")
     entry = ENTRIES[base]
     if not at:
         return entry
-    if not suffix.startswith(MASSIVE):
-        raise KeyError(f"unknown suffix '@{suffix}' in {name!r}; known: @{MASSIVE}<strength>, "
-                       f"e.g. {base}@{MASSIVE}30")
+    kind = suffix[:2]
+    if kind not in MASSIVE_SUFFIXES:
+        raise KeyError(f"unknown suffix '@{suffix}' in {name!r}; known: @ma<strength> and "
+                       f"@mb<strength>, e.g. {base}@{MASSIVE}30")
     try:
-        strength = float(suffix[len(MASSIVE):])
+        strength = float(suffix[2:])
     except ValueError:
         strength = math.nan
     if not (math.isfinite(strength) and strength > 1):
         raise ValueError(f"bad massive-activation strength in {name!r}: must be a number > 1, "
-                         f"e.g. {base}@{MASSIVE}30")
+                         f"e.g. {base}@{kind}30")
     if entry.model_class not in modulated_classes():
         raise ValueError(f"{name!r}: {no_modulation_sites(entry.model_class)}")
+    variant = MASSIVE_SUFFIXES[kind]  # a family without modulation shifts refuses "bias" on load
     return dataclasses.replace(
-        entry, name=name, massive_strength=strength,
-        description=f"{base} with massive activations of strength {strength:g} (same function)")
+        entry, name=name, massive_strength=strength, massive_variant=variant,
+        description=f"{base} with {variant} massive activations of strength {strength:g} "
+                    "(same function)")
