@@ -276,7 +276,7 @@ def strength_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
             ax.set_ylabel(ylabel)
             ax.set_title(bits, fontsize=9)
             ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=7, loc="lower left")
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
