@@ -360,33 +360,51 @@ def sweeps_section() -> list[str]:
         out += [f"| {x['guidance_scale']:g} | {x['shift']:g} | {x['total']:.3f} | "
                 f"{x['total_se']:.3f} |" for x in r["rows"]]
         out.append("")
-    for model in MODELS:
-        out += calibration_section(model)
-    return out
+    return out + calibration_section()
 
 
-def calibration_section(model: str) -> list[str]:
-    c = _load(ROOT / "benchmarks" / "results" / f"calibration_{model}.json")
+def calibration_section() -> list[str]:
+    c = _load(ROOT / "runs" / "calibration" / "report.json")
     if not c:
         return []
-    out = [f"## Fisher-guided against uniform calibration ({model}, paper Eqs. 6-8)", "",
-           f"Command: `python benchmarks/bench_calibration.py --model {model}` ({c['bits']}, "
-           f"uniform activation bits, {c['prompts']} validation prompts, {c['steps']} steps). "
-           "ΔPSNR: paired per-prompt difference to uniform calibration (QuaRot's GPTQ) with its "
-           "95% interval; N_eff = 1 / Σ_t α_t², median and minimum over layers (uniform: "
-           f"{c['steps']}).", "",
-           "| calibration | Fisher target | tau | mix | N_eff median | N_eff min | total | PSNR | "
-           "ΔPSNR vs uniform [95%] |", "|---|---|---|---|---|---|---|---|---|"]
+    b = c["transfer_bound"]
+    out = [f"## Which per-step weights should GPTQ get? ({c['model']}, paper Eqs. 6-8)", "",
+           f"Command: `python benchmarks/bench_calibration.py --model {c['model']} --prompts "
+           f"{c['n_prompts']}` ({c['bits']}, uniform activation bits, {c['n_prompts']} "
+           f"validation prompts, {c['steps']} steps; {c['seconds'] / 60:.0f} min). Each row: "
+           "GPTQ on Σ_t α_t H_t with α from the named weighting (Fisher rows: Eq. 6 on "
+           "per-layer mean-normalized scores, no uniform mix; `default`: velocity Fisher, tau "
+           "10, mix 0.5; `delta_sigma`: α_t ∝ σ_t − σ_t+1; `damage`: α_t ∝ the measured damage "
+           "of quantizing step t alone), with or without the last step. ΔPSNR and Δfaithful: "
+           "paired per-prompt differences to uniform calibration with the last step (QuaRot's "
+           "GPTQ) and their 95% intervals.", "",
+           "| weighting | last step | tau | mix | N_eff median | PSNR | ΔPSNR [95%] | faithful | "
+           "Δfaithful [95%] |", "|---|---|---|---|---|---|---|---|---|"]
     for r in c["rows"]:
-        d = r["psnr_vs_uniform"]
-        n = r.get("n_eff", {})
-        fisher = r["calib"] == "fisher"
-        out.append(f"| {r['calib']} | {r.get('fisher_target', '-')} | "
-                   f"{r['tau'] if fisher else '-'} | {r['mix'] if fisher else '-'} | "
-                   f"{n.get('median', c['steps']):.1f} | {n.get('min', c['steps']):.1f} | "
-                   f"{r['total']:.3f} | {r['psnr']:.2f} | "
-                   f"{d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] |")
-    return out + [""]
+        n = r.get("n_eff_median")
+        out.append(f"| {r['weighting']} | {'yes' if r['last_step'] else 'no'} | "
+                   f"{r['tau'] if r['tau'] is not None else '-'} | "
+                   f"{r['mix'] if r['mix'] is not None else '-'} | "
+                   f"{'-' if n is None else f'{n:.1f}'} | {r['psnr']:.2f} | "
+                   f"{r['psnr_diff']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}] | "
+                   f"{r['faithful']:.3f} | {r['faithful_diff']:+.3f} "
+                   f"[{r['faithful_lo']:+.3f}, {r['faithful_hi']:+.3f}] |")
+    better = [r for r in c["rows"] if r["lo"] > 0]
+    out += ["", "Beats uniform at 95% on PSNR: " + (", ".join(
+        f"`{r['weighting']}`{'' if r['last_step'] else ' without the last step'}"
+        + (f" (tau {r['tau']:g})" if r["tau"] is not None else "") for r in better)
+        or "none") + ".", "",
+        f"*Transfer bound* (GPTQ fitted on half the calibration prompts, its error measured on "
+        f"the other half's per-step Hessians, summed over layers): putting all the weight on step "
+        f"t lowers that step's held-out error by {100 * b['mean_gain']:.0f}% on average over the "
+        f"steps (at most {100 * b['max_gain']:.0f}%) against the uniform fit, while the uniform "
+        f"fit's error on held-out Hessians exceeds the in-sample fit's by "
+        f"{100 * b['mean_gap']:.0f}% on average (the Hessians' sampling noise). Any reweighting "
+        "trades these per-step gains against one another.", "",
+        "![transfer](runs/calibration/transfer.png)", "",
+        f"Fig. 5 analog (`{b['fig5']['layer']}`, held-out per-step error, uniform against "
+        "Fisher-guided at tau 1): ![fig5](runs/calibration/fig5.png)", ""]
+    return out
 
 
 def rotation_section() -> list[str]:
