@@ -201,3 +201,39 @@ def test_fill_budget_spends_the_remainder_and_never_hurts():
         assert not ((dB > 0) & (dE > 0) & (dB <= spare - 1e-9)).any()
     with pytest.raises(ValueError, match="already exceeds"):
         fill_budget(np.array([1]), np.array([[3.0, 4.0]]), np.array([[1.0, 0.0]]), budget=3.5)
+
+
+def test_origin_truncation_keeps_the_frontiers_knee_by_hand():
+    """One step, five candidates on a convex frontier, a beam of two. Min-max scaled,
+    bits (3..7) -> b' = 0, .25, .5, .75, 1 and losses (10, 4, 2, 1, 0) -> e' = 1, .4, .2, .1, 0:
+    distances to the origin 1, .47, .54, .76, 1, so candidates 1 and 2 are kept (keeping the
+    farthest would keep the two ends; distances without the shift by the minimum, 1.25, 1.08,
+    1.27, 1.50, 1.75, would keep 0 and 1)."""
+    avg_bits = np.array([[3.0, 4.0, 5.0, 6.0, 7.0]])
+    losses = np.array([[10.0, 4.0, 2.0, 1.0, 0.0]])
+    result = beam_search(avg_bits, losses, beam_width=2, budget=8.0, keep="origin")
+    assert result.truncated and result.max_front_size == 5
+    assert result.paths.tolist() == [[1], [2]]
+    assert result.best_path.tolist() == [2] and result.best_loss == 2.0
+
+
+def test_origin_truncation_decides_the_best_path_by_hand():
+    """Two steps, beam 2, budget 6 mean bits (12 in total). Step 0 as above keeps (B, E) = (4, 4)
+    and (5, 2). Step 1 offers (3 bits, loss 5) or (7, 0): the extensions (7, 9), (8, 7), (11, 4),
+    (12, 2) are all on the frontier; scaled, b' = 0, .2, .8, 1 and e' = 1, 5/7, 2/7, 0, at
+    distances 1, .74, .85, 1: (8, 7) and (11, 4) are kept and the best is path [1, 1] (loss 4,
+    5.5 mean bits), not the optimum (12, 2). Keeping the farthest paths instead keeps candidates
+    0 and 4 at step 0 and ends with [4, 0] (loss 5); unscaled distances end with [2, 0]
+    (loss 7)."""
+    avg_bits = np.array([[3.0, 4.0, 5.0, 6.0, 7.0], [3.0, 7.0, 7.0, 7.0, 7.0]])
+    losses = np.array([[10.0, 4.0, 2.0, 1.0, 0.0], [5.0, 0.0, 0.0, 0.0, 0.0]])
+    result = beam_search(avg_bits, losses, beam_width=2, budget=6.0, keep="origin")
+    assert result.truncated
+    assert result.paths.tolist() == [[2, 0], [1, 1]]
+    assert result.total_loss.tolist() == [7.0, 4.0] and result.mean_bits.tolist() == [4.0, 5.5]
+    assert result.best_path.tolist() == [1, 1] and result.best_loss == 4.0
+    # the truncation decided: it cut (12, 2), the optimum [2, 1] a wide beam finds
+    path, optimum, _ = dynamic_programming(avg_bits, losses, 6.0)
+    assert path.tolist() == [2, 1] and optimum == 2.0
+    wide = beam_search(avg_bits, losses, beam_width=10, budget=6.0)
+    assert not wide.truncated and wide.best_path.tolist() == [2, 1]
