@@ -412,6 +412,9 @@ class Recipe:
     def load(cls, path: str | Path) -> Recipe:
         """Reads a recipe from ``.json`` or ``.yaml``/``.yml``."""
         path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"recipe file {str(path)!r} not found; give the path of a .json or "
+                             ".yaml recipe")
         text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
             import yaml

@@ -19,6 +19,7 @@ def check_keys(data: Any, allowed: Iterable[str], where: str) -> dict[str, Any]:
     allowed = set(allowed)
     unknown = set(data) - allowed
     if unknown:
+        accepted = f"allowed: {', '.join(sorted(allowed))}" if allowed else "it takes none"
         raise ValueError(f"unknown key(s) in {where}: {', '.join(sorted(map(str, unknown)))}; "
-                         f"allowed: {', '.join(sorted(allowed))}")
+                         f"{accepted}")
     return data
