@@ -285,7 +285,7 @@ class AdaTSQOptions(MethodOptions):
 
     pareto: bool = True
     calib: str = "fisher"
-    tau: float = 10.0  # chosen on validation (bench_calibration.py; tau 1 collapses, N_eff 1)
+    tau: float = 10.0  # ties uniform on 200 validation prompts; tau 1 loses (runs/calibration)
     mix: float = 0.5
     fisher_target: str = "velocity"
     step_weights: tuple[float, ...] | None = None
