@@ -133,8 +133,9 @@ def markdown_table(report: dict[str, Any]) -> str:
     first = report["rows"][0]
     cats = [c for c in first["eval"] if c != "total"]
     video = [k for k in VIDEO_COLUMNS if k in first.get("video", {})]
+    faithful = ["faithful"] if any(r.get("faithful") is not None for r in report["rows"]) else []
     head = ["method", "W/A", *cats, *[VIDEO_COLUMNS[k] for k in video], "total", "±se",
-            "Δ FP [95%]", "PSNR", "SSIM", "faithful", "FD", "MB", "GBOPs", "s"]
+            "Δ FP [95%]", "PSNR", "SSIM", *faithful, "FD", "MB", "GBOPs", "s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         a = r["a_bits"]
@@ -142,7 +143,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         cells = [r["method"], bits, *[_fmt(r["eval"][c], 2) for c in cats],
                  *[_fmt(r["video"][k], 3) for k in video], _fmt(r["eval"]["total"]),
                  _fmt(r["eval_se"]), _interval(r.get("paired", {}).get("fp", {}).get("total")),
-                 _fmt(r["psnr"], 2), _fmt(r["ssim"]), _fmt(r.get("faithful")), _fmt(r["fd"], 2),
+                 _fmt(r["psnr"], 2), _fmt(r["ssim"]),
+                 *[_fmt(r.get("faithful")) for _ in faithful], _fmt(r["fd"], 2),
                  _fmt(r["model_bytes"] / 1e6, 2),
                  _fmt(r["bops"] / 1e9 if r.get("bops") is not None else None, 3),
                  _fmt(r["seconds"], 1)]
