@@ -18,8 +18,8 @@ from adatsq.bench import compare, make_rows
 pytestmark = pytest.mark.slow  # end to end (make test-unit skips it)
 
 REFERENCE = Path(__file__).parent / "data" / "bench_reference.json"
-KEYS = ("method", "label", "bits", "w_bits", "a_bits", "psnr", "ssim", "fd", "model_bytes",
-        "bops", "eval", "eval_se", "paired", "validation")
+KEYS = ("method", "label", "bits", "w_bits", "a_bits", "psnr", "ssim", "faithful", "fd",
+        "model_bytes", "bops", "eval", "eval_se", "paired", "validation")
 
 
 def _numbers_equal(a, b, path="report"):
