@@ -26,6 +26,7 @@ import torch
 from adatsq.bench import compare, environment, make_rows
 from adatsq.eval.plots import strength_plot
 from adatsq.files import write_json
+from adatsq.zoo.registry import MASSIVE_SUFFIXES
 
 STRENGTHS = {"bias": [10, 30, 110], "absorbable": [30, 100]}
 """Per variant (the bias-compensated first: the one smoothing cannot undo); 110x is about 10x after
@@ -36,7 +37,8 @@ THREADS = 2
 STEPS = 10
 """flux-digits samples in 50 steps; the sweep (6 models x 19 rows) samples and calibrates in 10 to
 fit about 40 minutes on 2 cores (``--steps 0`` for the model's own schedule)."""
-SUFFIX = {"absorbable": "ma", "bias": "mb"}
+SUFFIX = {kind: suffix for suffix, kind in MASSIVE_SUFFIXES.items()}
+"""Variant -> its zoo suffix (``@ma``, ``@mb``), as the zoo names them."""
 
 
 def variant(model: str, kind: str | None, strength: float | None) -> str:
