@@ -796,7 +796,7 @@ def search_execution_section() -> list[str]:
            "Command: `python benchmarks/bench_search_execution.py` (writes "
            "runs/speed/search.json). AdaTSQ with the default recipe on flux-digits, its search "
            "(step losses and end-to-end selection) sampling on the simulated reference "
-           "(`search_execution=\"simulated\"`, the default) or on the integer path; seconds on "
+           "(`search_execution=\"simulated\"`) or on the integer path (the default); seconds on "
            "2 threads, one run per row, and as a multiple of one FP generation of the "
            "calibration set measured in the same run. The quantized models then generate test "
            "prompts (integer execution): PSNR against FP, and the paired difference integer "
