@@ -31,7 +31,7 @@ from adatsq.zoo.registry import MASSIVE_SUFFIXES
 STRENGTHS = {"bias": [10, 30, 110], "absorbable": [30, 100]}
 """Per variant (the bias-compensated first: the one smoothing cannot undo); 110x is about 10x after
 rotation at width 128 (``rotated_ratio``)."""
-METHODS = ["rtn", "adatsq", "svdquant", "svdquant_r32", "gptq", "quarot", "vidit_q",
+METHODS = ["rtn", "adatsq", "adatsq_cb", "svdquant", "svdquant_r32", "gptq", "quarot", "vidit_q",
            "smoothquant", "q_dit"]
 THREADS = 2
 STEPS = 10

@@ -7,10 +7,11 @@ weights as stored. Outputs: ``report.json`` (schema below), ``report.md`` and ``
 
 ``report.json``: ``{"model", "steps", "num_prompts", "seed", "environment": {"commit", "torch",
 "diffusers", "threads", "seed"}, "validation": {"num_prompts", "seed", "strongest"}, "verdicts":
-[{"bits", "baseline", "metric", "diff", "lo", "hi", "verdict", "strongest"}], "rows": [{"method",
-"label", "bits", "w_bits", "a_bits", "psnr", "ssim", "fd", "model_bytes", "bops", "eval":
-{category: score, ..., "total"}, "eval_se", "seconds", "granularity", "paired", "validation",
-...}]}``. The per-prompt scores behind ``paired`` and ``verdicts`` are in ``per_sample.json``.
+[{"method", "bits", "baseline", "metric", "diff", "lo", "hi", "verdict", "strongest"}], "rows":
+[{"method", "label", "bits", "w_bits", "a_bits", "psnr", "ssim", "fd", "model_bytes", "bops",
+"eval": {category: score, ..., "total"}, "eval_se", "seconds", "granularity", "paired",
+"validation", ...}]}``. The per-prompt scores behind ``paired`` and ``verdicts`` are in
+``per_sample.json``.
 """
 
 from __future__ import annotations
@@ -76,12 +77,16 @@ VARIANTS = {
     **{name: ("adatsq", options) for name, options in ABLATIONS.items()},
     "svdquant_r32": ("svdquant", {"rank": 32}),
     "adatsq_lr": ("adatsq", {"lowrank": True}),
+    "adatsq_cb": ("adatsq", {"balance": 0.5}),
 }
 """Row names that run a method with other options: name -> (method, options)."""
 
 BASELINES = ("rtn", "svdquant", "gptq", "quarot", "vidit_q", "smoothquant", "q_dit")
 """The baselines AdaTSQ is compared with at equal size."""
 EXTRA_BUDGET = ("svdquant_r32",)
+OURS = ("adatsq", "adatsq_cb")
+"""The rows that get paired verdicts against every baseline: AdaTSQ, and its opt-in
+channel-balanced variant where a bench runs it."""
 """Baselines compared with AdaTSQ too, but holding extra 16-bit parameters (not equal size)."""
 
 
@@ -344,14 +349,15 @@ REFERENCE = "rtn"
 
 
 def paired_analysis(rows: list[dict], samples: dict) -> dict[str, Any]:
-    """Paired differences of every row (in place) and AdaTSQ's verdicts against each baseline.
+    """Paired differences of every row (in place) and the verdicts of AdaTSQ (and of each other
+    row of :data:`OURS`) against each baseline.
 
     Adds to each row ``"paired"``: ``{"fp": {"total": interval}, "rtn": {"total", "psnr",
     "ssim", "faithful"}}`` (the row minus FP, and minus RTN at the same bit width; intervals as
     :func:`adatsq.eval.paired.paired_difference`). Returns ``{"verdicts": [...], "strongest":
-    {bits: {...}}}``: one verdict per (bit width, baseline, metric), AdaTSQ minus the baseline
-    with its 95% interval, and per bit width the strongest equal-size baseline chosen on the
-    validation prompts (task total, then PSNR), never on the test prompts.
+    {bits: {...}}}``: one verdict per (row of OURS, bit width, baseline, metric), that row minus
+    the baseline with its 95% interval, and per bit width the strongest equal-size baseline
+    chosen on the validation prompts (task total, then PSNR), never on the test prompts.
     """
     strata = samples["strata"]
     per = samples["rows"]
@@ -378,8 +384,7 @@ def paired_analysis(rows: list[dict], samples: dict) -> dict[str, Any]:
         r["paired"] = paired
     verdicts, strongest = [], {}
     for bits, at in by_bits.items():
-        ours = at.get("adatsq")
-        if ours is None:
+        if not any(name in at for name in OURS):
             continue
         rivals = [at[m] for m in [*BASELINES, *EXTRA_BUDGET] if m in at]
         equal_size = [b for b in rivals if b["method"] in BASELINES and "validation" in b]
@@ -387,14 +392,16 @@ def paired_analysis(rows: list[dict], samples: dict) -> dict[str, Any]:
             best = max(equal_size, key=lambda b: (b["validation"]["total"],
                                                   b["validation"].get("psnr") or 0.0))
             strongest[bits] = {"baseline": best["method"], **best["validation"]}
-        for b in rivals:
-            for metric in metrics:
-                iv = interval(ours, b, metric)
-                verdicts.append({"bits": bits, "baseline": b["method"], "metric": metric,
-                                 "diff": iv["diff"], "lo": iv["lo"], "hi": iv["hi"],
-                                 "verdict": verdict(iv),
-                                 "strongest": strongest.get(bits, {}).get("baseline")
-                                 == b["method"]})
+        for ours in (at[name] for name in OURS if name in at):
+            for b in rivals:
+                for metric in metrics:
+                    iv = interval(ours, b, metric)
+                    verdicts.append({"method": ours["method"], "bits": bits,
+                                     "baseline": b["method"], "metric": metric,
+                                     "diff": iv["diff"], "lo": iv["lo"], "hi": iv["hi"],
+                                     "verdict": verdict(iv),
+                                     "strongest": strongest.get(bits, {}).get("baseline")
+                                     == b["method"]})
     return {"verdicts": verdicts, "strongest": strongest}
 
 
@@ -434,14 +441,17 @@ def rows_at(rows: list[dict], bits: str) -> dict[str, dict]:
     return {r["method"]: r for r in rows if r.get("bits") == bits}
 
 
-def verdict_summary(report: dict, bits: str, metric: str = "total") -> dict[str, Any] | None:
-    """AdaTSQ at ``bits`` against every baseline on ``metric``: ``{"ours", "strongest",
-    "beats", "ties", "loses", "verdicts"}`` (baseline names by verdict; ``strongest``: the
-    strongest equal-size baseline chosen on validation prompts, with its verdict), or None."""
-    found = [v for v in report.get("verdicts", []) if v["bits"] == bits and v["metric"] == metric]
+def verdict_summary(report: dict, bits: str, metric: str = "total",
+                    method: str = "adatsq") -> dict[str, Any] | None:
+    """AdaTSQ (or the variant ``method`` of :data:`OURS`) at ``bits`` against every baseline on
+    ``metric``: ``{"ours", "strongest", "beats", "ties", "loses", "verdicts"}`` (baseline names
+    by verdict; ``strongest``: the strongest equal-size baseline chosen on validation prompts,
+    with its verdict), or None."""
+    found = [v for v in report.get("verdicts", []) if v["bits"] == bits
+             and v["metric"] == metric and v.get("method", "adatsq") == method]
     if not found:
         return None
-    out = {"ours": rows_at(report["rows"], bits)["adatsq"], "verdicts": found,
+    out = {"ours": rows_at(report["rows"], bits)[method], "verdicts": found,
            **{k: [v["baseline"] for v in found if v["verdict"] == k] for k in VERDICTS}}
     strong = report.get("validation", {}).get("strongest", {}).get(bits)
     out["strongest"] = next((v for v in found if strong and v["baseline"] == strong["baseline"]),

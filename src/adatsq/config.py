@@ -273,6 +273,10 @@ class AdaTSQOptions(MethodOptions):
         lowrank: a 16-bit low-rank branch of every rotated weight at SVDQuant's proportional
             rank (:func:`adatsq.quant.lowrank.proportional_rank`); only the residual is quantized
             (the ``adatsq_lr`` variant; beyond the paper).
+        balance: channel balancing before the rotation, as ViDiT-Q's: SmoothQuant factors of
+            this migration strength (from every step's input ranges) divide each layer's input
+            before it is rotated (the ``adatsq_cb`` variant, for massive activations that
+            rotation alone spreads over every channel; beyond the paper). None: rotation only.
         random_signs: randomized Hadamard rotation (seeded random signs, as QuaRot); False: the
             plain Sylvester/Paley matrix.
         search_execution: how the quantized layers compute while the search samples (step
@@ -305,6 +309,7 @@ class AdaTSQOptions(MethodOptions):
     select_prompts: int = 24
     select_paths: int = 4
     lowrank: bool = False
+    balance: float | None = None
     random_signs: bool = True
     search_execution: str = "integer"
     block_size: int = 128
@@ -341,6 +346,8 @@ class AdaTSQOptions(MethodOptions):
             raise ValueError(f"keep must be 'origin' or 'lagrangian', got {self.keep!r}")
         if not self.tau > 0 or self.extra_bits < 0:
             raise ValueError("tau must be positive and extra_bits non-negative")
+        if self.balance is not None:
+            check_alpha(self.balance)
         for n in ("num_candidates", "fisher_prompts", "step_prompts", "select_prompts",
                   "select_paths"):
             if getattr(self, n) <= 0:

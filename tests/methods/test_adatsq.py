@@ -270,6 +270,33 @@ def test_lowrank_variant_is_exact_before_quantization_and_saves(calibrated, tmp_
     assert torch.equal(loaded.generate(PROMPTS[:2], seed=1), want)
 
 
+def test_balanced_variant_saves_and_loads(calibrated, tmp_path, monkeypatch):
+    """adatsq_cb: every layer divides its input by the smoothing factors of its calibration
+    ranges before the rotation, and the W4A4 artifact reloads bit-exact."""
+    from adatsq.pipeline import load
+    from adatsq.quant.qlinear import QuantLinear
+    from adatsq.quant.smoothing import smooth_layer
+    from adatsq.zoo import registry
+
+    pipe, stats = calibrated
+    quantized = fresh_copy(pipe)
+    fp_layers = pipe.adapter.quantizable_layers(pipe.transformer)
+    recipe = Recipe(method="adatsq", weights=WeightSpec(bits=4), activations=ActivationSpec(
+        bits=4), options={**SMALL, "balance": 0.5})
+    policy = quantize_(quantized, recipe, progress=False, stats=stats)
+    layers = {n: m for n, m in quantized.transformer.named_modules()
+              if isinstance(m, QuantLinear)}
+    assert layers.keys() == fp_layers.keys()
+    for name, layer in layers.items():
+        want = smooth_layer(fp_layers[name].weight, stats.absmax[name], 0.5)[0]
+        assert layer.rotate_input and torch.equal(layer.smooth.float(), want), name
+    save(quantized, policy, tmp_path / "cb")
+    monkeypatch.setitem(registry.ENTRIES, pipe.entry.name, pipe.entry)
+    loaded, _ = load(tmp_path / "cb")
+    want = quantized.generate(PROMPTS[:2], seed=1)
+    assert torch.equal(loaded.generate(PROMPTS[:2], seed=1), want)
+
+
 def test_figures_of_a_searched_policy(calibrated, tmp_path):
     """Fisher heatmap, bit map, Pareto plot and the Fig. 5 error curves are all written."""
     from adatsq.eval.figures import run_figures

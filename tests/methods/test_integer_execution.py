@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow  # a quantization per method
 SMALL = {"fisher_prompts": 4, "select_prompts": 4, "select_paths": 2, "num_candidates": 4}
 METHODS = {"rtn": {}, "gptq": {}, "smoothquant": {}, "quarot": {}, "vidit_q": {},
            "svdquant": {"rank": 4}, "q_dit": {}, "adatsq": SMALL,
-           "adatsq_lr": {**SMALL, "lowrank": True}}
+           "adatsq_lr": {**SMALL, "lowrank": True}, "adatsq_cb": {**SMALL, "balance": 0.5}}
 
 
 def _rel(a, b):
@@ -26,8 +26,9 @@ def _rel(a, b):
 def test_integer_execution_matches_the_simulated_reference(calibrated, method):
     base, stats = calibrated
     pipe = fresh_copy(base)
-    recipe = Recipe(method=method.removesuffix("_lr"), weights=WeightSpec(bits=4),
-                    activations=ActivationSpec(bits=4), options=METHODS[method])
+    recipe = Recipe(method=method.removesuffix("_lr").removesuffix("_cb"),
+                    weights=WeightSpec(bits=4), activations=ActivationSpec(bits=4),
+                    options=METHODS[method])
     quantize_(pipe, recipe, progress=False, stats=stats)
     layers = {n: m for n, m in pipe.transformer.named_modules() if isinstance(m, QuantLinear)}
     assert layers and all(m.execution == "integer" for m in layers.values())  # the default

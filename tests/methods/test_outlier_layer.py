@@ -5,6 +5,8 @@ The tiny pipeline of the other method tests has no such channels, so there plain
 check; here each method must cut RTN's output error (on held-out inputs, against the FP layer) by
 a clear margin. The bounds are about twice the measured ratios (in the comments)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -16,6 +18,7 @@ from adatsq.quant.qlinear import StepTracker
 
 D_IN, D_OUT, STEPS, ROWS = 128, 64, 2, 256
 OUTLIERS = {3: 30.0, 40: 50.0, 77: 80.0, 101: 100.0}  # channel -> scale
+OFFSETS = {5: 300.0, 60: -200.0}  # channel -> constant offset
 
 
 def _inputs(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -25,33 +28,59 @@ def _inputs(n: int, gen: torch.Generator) -> torch.Tensor:
     return X
 
 
-@pytest.fixture(scope="module")
-def outlier_layer():
+def _offset_inputs(n: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, D_IN) Gaussian activations with large constant offsets in two channels (massive
+    activations as a bias-compensated DiT has them: the same on every token)."""
+    X = torch.randn(n, D_IN, generator=gen)
+    X[:, list(OFFSETS)] += torch.tensor(list(OFFSETS.values()))
+    return X
+
+
+def _layer_and_stats(inputs):
     """The FP layer, calibration statistics of STEPS x ROWS inputs, held-out inputs (512)."""
     gen = torch.Generator().manual_seed(0)
     linear = nn.Linear(D_IN, D_OUT).requires_grad_(False)
     linear.weight.copy_(torch.randn(D_OUT, D_IN, generator=gen) / D_IN**0.5)
     linear.bias.copy_(0.1 * torch.randn(D_OUT, generator=gen))
-    X = _inputs(STEPS * ROWS, gen).reshape(STEPS, ROWS, D_IN)  # (T, N, in)
+    X = inputs(STEPS * ROWS, gen).reshape(STEPS, ROWS, D_IN)  # (T, N, in)
     stats = CalibrationStats(
         layers=["layer"], steps=STEPS, rows={"layer": torch.full((STEPS,), float(ROWS))},
         absmax={"layer": X.abs().amax(1)},
         minmax={"layer": torch.stack([X.amin((1, 2)), X.amax((1, 2))], 1)},
         samples={"layer": X[:, :16, 0]},
         hessian={"layer": torch.einsum("tni,tnj->tij", X, X)})
-    return linear, stats, _inputs(512, gen)
+    return linear, stats, inputs(512, gen)
 
 
-def _relative_error(method: str, bits: tuple[int, int], outlier_layer) -> float:
-    linear, stats, X = outlier_layer
+@pytest.fixture(scope="module")
+def outlier_layer():
+    return _layer_and_stats(_inputs)
+
+
+@pytest.fixture(scope="module")
+def offset_layer():
+    return _layer_and_stats(_offset_inputs)
+
+
+def _quantized(method: str, bits: tuple[int, int], layer, options=None):
+    """The quantized layer and its output on the held-out inputs."""
+    linear, stats, X = layer
     recipe = Recipe(method=method, weights=WeightSpec(bits=bits[0]),
-                    activations=ActivationSpec(bits=bits[1]))
+                    activations=ActivationSpec(bits=bits[1]), options=options or {})
     m = get_method(method)(recipe)
-    m.prepare(None, stats)
+    adapter = SimpleNamespace(quantizable_layers=lambda model: {"layer": linear})
+    m.prepare(SimpleNamespace(transformer=None, adapter=adapter), stats)
     q = m.quantize_layer("layer", linear, stats, StepTracker(torch.tensor([1.0, 0.5])))
     with torch.no_grad():
+        return q, q(X)
+
+
+def _relative_error(method: str, bits: tuple[int, int], layer, options=None) -> float:
+    linear, _, X = layer
+    with torch.no_grad():
         want = linear(X)
-        return float((q(X) - want).square().sum() / want.square().sum())
+    out = _quantized(method, bits, layer, options)[1]
+    return float((out - want).square().sum() / want.square().sum())
 
 
 def test_the_layer_is_hard_for_rtn(outlier_layer):
@@ -81,3 +110,62 @@ def test_the_branch_and_the_rotation_add_to_smoothing(outlier_layer):
     smooth = _relative_error("smoothquant", (4, 4), outlier_layer)
     assert _relative_error("svdquant", (4, 4), outlier_layer) < 0.85 * smooth  # measured 0.67
     assert _relative_error("vidit_q", (4, 4), outlier_layer) < 0.5 * smooth  # measured 0.11
+
+
+ROTATION_ONLY = {"pareto": False, "calib": "uniform", "calib_last_step": True}  # = QuaRot's GPTQ
+
+
+def test_balanced_adatsq_rounds_as_vidit_q(offset_layer):
+    """``balance`` smooths before AdaTSQ's rotation exactly as ViDiT-Q does: without GPTQ the
+    layer is ViDiT-Q's, bit for bit (a factor applied after the rotation, or to the wrong side,
+    is not)."""
+    q, out = _quantized("adatsq", (4, 4), offset_layer, {"pareto": False, "calib": "none",
+                                                         "balance": 0.5})
+    ref, want = _quantized("vidit_q", (4, 4), offset_layer)
+    assert torch.equal(q.smooth, ref.smooth) and torch.equal(out, want)
+    for bits in ((4, 4), (3, 3)):  # and GPTQ on the balanced, rotated Hessian improves on it
+        rounded = _relative_error("adatsq", bits, offset_layer, {"pareto": False,
+                                                                 "calib": "none", "balance": 0.5})
+        solved = _relative_error("adatsq", bits, offset_layer, {**ROTATION_ONLY, "balance": 0.5})
+        assert solved < 0.8 * rounded, (bits, solved, rounded)
+
+
+@pytest.mark.parametrize("layer, bits, bound", [
+    ("offset_layer", (4, 4), 0.2),  # measured 0.05
+    ("offset_layer", (3, 3), 0.2),  # measured 0.04
+    ("outlier_layer", (4, 4), 0.4),  # measured 0.19
+])
+def test_channel_balancing_beats_rotation_alone(request, layer, bits, bound):
+    """adatsq_cb against AdaTSQ's rotation-only treatment (both with uniform GPTQ): a massive
+    channel that rotation spreads over every channel is divided down before it."""
+    layer = request.getfixturevalue(layer)
+    rotated = _relative_error("adatsq", bits, layer, ROTATION_ONLY)
+    balanced = _relative_error("adatsq", bits, layer, {**ROTATION_ONLY, "balance": 0.5})
+    assert balanced < bound * rotated, (bits, balanced, rotated, balanced / rotated)
+
+
+def test_balanced_gptq_solves_the_transformed_problem(offset_layer, monkeypatch):
+    """GPTQ under ``balance`` sees the weight ``W diag(s) R`` and the Hessian
+    ``Rᵀ diag(1/s) H diag(1/s) R`` of the inputs the layer then quantizes, ``(x / s) R`` (the
+    output errors cannot tell: GPTQ on the unsmoothed Hessian loses only about 10%)."""
+    import adatsq.methods.base as base
+    from adatsq.quant.rotation import rotate
+
+    seen = {}
+
+    def spy(W, H, spec, gptq):
+        seen.update(W=W, H=H)
+        return solve(W, H, spec, gptq)
+
+    solve = base.solve_weights
+    monkeypatch.setattr(base, "solve_weights", spy)
+    linear, stats, _ = offset_layer
+    q, _ = _quantized("adatsq", (4, 4), offset_layer, {**ROTATION_ONLY, "balance": 0.5})
+    R = rotate(torch.eye(D_IN, dtype=torch.float64), q.rotation_signs.double())  # (in, in)
+    S = torch.diag(1.0 / q.smooth.double())
+    H = stats.hessian["layer"].double().sum(0)
+    want_H = R.T @ S @ H @ S @ R
+    want_H, got_H = want_H / want_H.trace(), seen["H"].double() / seen["H"].double().trace()
+    assert torch.allclose(got_H, want_H, atol=1e-6 * want_H.abs().max())  # up to the row count
+    want_W = linear.weight.double() @ torch.linalg.inv(S) @ R
+    assert torch.allclose(seen["W"].double(), want_W, atol=1e-5)

@@ -27,6 +27,10 @@ Source: the AdaTSQ paper (Sec. 3). The flow, one step each:
 
 ``pareto=False`` keeps the nominal bit width everywhere: with ``calib="none"`` that is the "MinMax,
 naive rotation" baseline of the paper's Table 3.
+
+Beyond the paper (opt-in): ``lowrank`` adds SVDQuant's 16-bit branch (``adatsq_lr``), ``balance``
+divides every layer's input by SmoothQuant factors before the rotation, as ViDiT-Q does
+(``adatsq_cb``), for massive activations that rotation alone spreads over every channel.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from adatsq.methods.base import Method, register, rotated_layer
 from adatsq.models.sampling import guidance_batch, guided_velocity
 from adatsq.quant.lowrank import proportional_rank
 from adatsq.quant.primitives import FULL_PRECISION
+from adatsq.quant.smoothing import smooth_layer
 from adatsq.search.candidates import generate_candidates
 from adatsq.search.pareto import beam_search, fill_budget
 from adatsq.search.selection import select_path
@@ -88,7 +93,9 @@ class AdaTSQ(Method):
 
     def granularity(self):
         g = super().granularity()
-        g["activations"] = f"{g['activations']}, Hadamard-rotated" + (
+        balanced = "" if self.options.balance is None else (
+            f"smoothed (alpha {self.options.balance:g}) then ")
+        g["activations"] = f"{g['activations']}, {balanced}Hadamard-rotated" + (
             ", timestep-dynamic bits" if self.search else "")
         if self.options.lowrank:
             g["weights"] = f"{g['weights']}, 16-bit low-rank branch (proportional)"
@@ -156,12 +163,15 @@ class AdaTSQ(Method):
     def quantize_layer(self, name, linear, stats, tracker):
         o = self.options
         rank = proportional_rank(*linear.weight.shape) if o.lowrank else None
+        smooth = None
+        if o.balance is not None:
+            smooth = smooth_layer(linear.weight, stats.absmax[name], o.balance)[0]
         if o.calib == "none":
-            return rotated_layer(self, name, linear, None, tracker, None, rank)
+            return rotated_layer(self, name, linear, None, tracker, None, rank, smooth)
         alpha = self.alpha
         weights = None if alpha is None else torch.tensor(alpha[name], dtype=torch.float32)
         return rotated_layer(self, name, linear, stats.hessian_sum(name, weights), tracker,
-                             o.gptq, rank)
+                             o.gptq, rank, smooth)
 
     # -- 4/5/6: candidates, search, selection --------------------------------------------------
     def finalize(self, pipeline, stats, tracker, layers, policy):

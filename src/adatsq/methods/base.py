@@ -24,6 +24,7 @@ from adatsq.quant.lowrank import lowrank_split
 from adatsq.quant.primitives import FULL_PRECISION
 from adatsq.quant.qlinear import ActivationQuant, QuantLinear, StepTracker, weight_quantizer
 from adatsq.quant.rotation import random_signs, rotate, rotate_hessian
+from adatsq.quant.smoothing import smooth_hessian, smooth_weight
 
 _METHODS: dict[str, type[Method]] = {}
 
@@ -142,16 +143,23 @@ def layer_signs(method: Method, name: str, width: int) -> torch.Tensor | None:
 
 def rotated_layer(method: Method, name: str, linear: nn.Linear, H: torch.Tensor | None,
                   tracker: StepTracker, gptq: GPTQOptions | None,
-                  rank: int | None = None) -> QuantLinear:
+                  rank: int | None = None, smooth: torch.Tensor | None = None) -> QuantLinear:
     """A layer whose input is rotated online (``R = D H_had``, random signs ``D`` per
     :func:`layer_signs`) and whose weight ``W R`` is solved by GPTQ on the rotated Hessian
     ``Rᵀ H R`` (``gptq`` given) or rounded to nearest (QuaRot, AdaTSQ).
 
     ``rank``: a 16-bit low-rank branch of ``W R`` (SVDQuant's split, on the rotated input); only
     the residual is quantized.
+    ``smooth``: (in,) smoothing factors ``s`` applied before the rotation (channel balancing as
+    ViDiT-Q's): the input becomes ``(x / s) R``, the weight ``W diag(s) R`` and the Hessian
+    ``Rᵀ diag(1/s) H diag(1/s) R``.
     """
     signs = layer_signs(method, name, linear.in_features)
-    W = rotate(linear.weight.detach().double(), signs).float()  # W R
+    W = linear.weight.detach().double()
+    if smooth is not None:
+        W = smooth_weight(W, smooth).double()
+        H = None if H is None else smooth_hessian(H.double(), smooth)
+    W = rotate(W, signs).float()  # (W diag(s)) R
     lowrank = None
     if rank is not None:
         down, up, W = lowrank_split(W, rank)
@@ -159,8 +167,8 @@ def rotated_layer(method: Method, name: str, linear: nn.Linear, H: torch.Tensor 
     Hr = None if H is None or gptq is None else rotate_hessian(H.double(), signs).float()
     solved = solve_weights(W, Hr, method.recipe.weights, gptq)
     return QuantLinear.from_linear(linear, method.recipe.weights, method.activation(), tracker,
-                                   weight=W, rotate_input=True, rotation_signs=signs,
-                                   lowrank=lowrank, **solved)
+                                   weight=W, smooth=smooth, rotate_input=True,
+                                   rotation_signs=signs, lowrank=lowrank, **solved)
 
 
 def register(cls: type[Method]) -> type[Method]:
