@@ -256,6 +256,7 @@ def cmd_quantize(args) -> int:
     _positive(args, "steps", "calib_prompts", "height", "width", "frames")
     _check_model(args.model)
     recipe = recipe_of(args)
+    get_method(recipe.method)(recipe)  # refuses an infeasible recipe before the model loads
     ranks = distributed.init_from_env()
     out = Path(args.out)
     checkpoint = out / CHECKPOINT
