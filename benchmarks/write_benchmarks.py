@@ -575,7 +575,9 @@ def claims_section() -> list[str]:
         return []
     out = ["## The paper's claims, one by one (paired, 95%)", "",
            "Rendered from the reports below; *beats* and *loses* mean that the paired 95% "
-           "interval of the difference lies above or below 0 (equal-size baselines only).", "",
+           "interval of the difference lies above or below 0 (equal-size baselines only). "
+           "Each model's report records the commit it was run at: " + ", ".join(
+               f"{m} {r['environment']['commit'][:7]}" for m, r in reports.items()) + ".", "",
            "**1. AdaTSQ beats every equal-size baseline (Tables 1-2).** Baselines beaten / tied "
            "/ lost to, per model, bit width and metric:", "",
            "| model | bits | total | PSNR | faithful |", "|---|---|---|---|---|"]
