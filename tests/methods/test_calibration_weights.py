@@ -38,7 +38,7 @@ def _alpha(calibrated, **options):
 def test_step_weights_and_the_last_step_switch_set_every_layers_alpha(calibrated):
     steps = calibrated[1].steps
     weights = np.arange(1.0, steps + 1)
-    alpha = _alpha(calibrated, calib="steps", step_weights=tuple(weights))
+    alpha = _alpha(calibrated, calib="steps", step_weights=tuple(weights), calib_last_step=True)
     np.testing.assert_allclose(alpha, np.tile(weights / weights.sum(), (len(alpha), 1)))
     dropped = _alpha(calibrated, calib="steps", step_weights=tuple(weights),
                      calib_last_step=False)
@@ -47,7 +47,8 @@ def test_step_weights_and_the_last_step_switch_set_every_layers_alpha(calibrated
     uniform = _alpha(calibrated, calib="uniform", calib_last_step=False)
     np.testing.assert_allclose(uniform, np.tile([1 / (steps - 1)] * (steps - 1) + [0.0],
                                                 (len(uniform), 1)))
-    assert _alpha(calibrated, calib="uniform") is None  # the plain average, as before
+    # the plain average, GPTQ's
+    assert _alpha(calibrated, calib="uniform", calib_last_step=True) is None
     fisher = _alpha(calibrated, calib="fisher", tau=1.0, mix=0.0, calib_last_step=False)
     assert (fisher[:, -1] == 0).all()
     np.testing.assert_allclose(fisher.sum(1), 1.0)
