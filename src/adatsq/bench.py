@@ -84,10 +84,10 @@ VARIANTS = {
 BASELINES = ("rtn", "svdquant", "gptq", "quarot", "vidit_q", "smoothquant", "q_dit")
 """The baselines AdaTSQ is compared with at equal size."""
 EXTRA_BUDGET = ("svdquant_r32",)
+"""Baselines compared with AdaTSQ too, but holding extra 16-bit parameters (not equal size)."""
 OURS = ("adatsq", "adatsq_cb")
 """The rows that get paired verdicts against every baseline: AdaTSQ, and its opt-in
 channel-balanced variant where a bench runs it."""
-"""Baselines compared with AdaTSQ too, but holding extra 16-bit parameters (not equal size)."""
 
 
 def parse_bits(label: str) -> tuple[int, int]:

@@ -162,7 +162,7 @@ class QuaRotOptions(MethodOptions):
 
     round_to_nearest: bool = False
     random_signs: bool = True
-    search_execution: str = "integer"
+    search_execution: str = "simulated"
     block_size: int = 128
     damp: float = 0.01
     act_order: bool = False
