@@ -599,8 +599,9 @@ def claims_section() -> list[str]:
         else:
             goal.append(f"{m}: faithfulness not measured")
     out += ["", "At W3A3, beating every equal-size baseline on faithfulness or on task total: "
-            + "; ".join(goal) + ".", "",
-            "**2. The ablation ordering (Table 3):** MinMax < +Pareto, MinMax < +Fisher "
+            + "; ".join(goal) + ".", ""]
+    goal_line = len(out)
+    out += ["**2. The ablation ordering (Table 3):** MinMax < +Pareto, MinMax < +Fisher "
             "calibration, +Pareto < +average calibration < AdaTSQ. Pairs that hold at 95%, of "
             "4, per model:", "", "| model | total | PSNR | faithful |", "|---|---|---|---|"]
     ablation = TABLE3_ROWS
@@ -622,8 +623,58 @@ def claims_section() -> list[str]:
                 f"{100 * b['mean_gain']:.0f}% on average (at most {100 * b['max_gain']:.0f}%) "
                 f"when all the weight goes to it, against a {100 * b['mean_gap']:.0f}% sampling "
                 "gap, and every other step pays for it (section below)."]
+    t = _load(ROOT / "runs" / "ties" / "report.json")
+    if t:
+        out[goal_line:goal_line] = [*ties_goal(t), ""]
     out += ["", *massive_goal(), ""]
     return out
+
+
+def ties_section() -> list[str]:
+    """Goal 1's ties, measured again on a larger validation sample (benchmarks/bench_ties.py)."""
+    t = _load(ROOT / "runs" / "ties" / "report.json")
+    if not t:
+        return []
+    first = t["models"][0]
+    out = ["## Where AdaTSQ ties at W3A3: a larger validation sample", "",
+           f"Command: `python benchmarks/bench_ties.py --models "
+           f"\"{' '.join(m['model'] for m in t['models'])}\" --prompts {first['n_prompts']}` "
+           f"({t['seconds'] / 60:.0f} min; commit {(t['environment']['commit'] or '?')[:7]}). "
+           "Validation prompts only, disjoint from the test set; every row exactly as `make "
+           "bench` runs it. Each line: the paired per-prompt difference (ours minus baseline) "
+           "with its 95% interval; `n to resolve`: the prompts at which a difference of this "
+           "mean would clear its 95% interval (1.96 sd / diff)².", "",
+           "| model | ours | baseline | metric | diff [95%] | verdict | sd | n to resolve |",
+           "|---|---|---|---|---|---|---|---|"]
+    for m in t["models"]:
+        for p in m["pairs"]:
+            out.append(f"| {m['model']} | {p['method']} | {p['baseline']} | {p['metric']} | "
+                       f"{p['diff']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}] | {p['verdict']} | "
+                       f"{p['sd']:.3f} | {p['n_resolve'] if p['n_resolve'] else '-'} |")
+    out += ["", "Means on these prompts: " + "; ".join(
+        f"{m['model']} (FP total {m['fp_total']:.3f}) " + ", ".join(
+            f"{name} {v['total']:.3f} / {v['psnr']:.1f} dB / {v['faithful']:.3f}"
+            for name, v in m["means"].items()) for m in t["models"])
+        + " (total / PSNR / faithful).", "", *ties_goal(t), ""]
+    return out
+
+
+def ties_goal(t: dict) -> list[str]:
+    """Per model and row of ours: the baselines it beats at 95% on total or faithfulness."""
+    parts = []
+    for m in t["models"]:
+        for ours in dict.fromkeys(p["method"] for p in m["pairs"]):
+            pairs = [p for p in m["pairs"] if p["method"] == ours]
+            bases = list(dict.fromkeys(p["baseline"] for p in pairs))
+            beaten = [b for b in bases if any(p["baseline"] == b and p["verdict"] == "beats"
+                                              and p["metric"] in ("total", "faithful")
+                                              for p in pairs)]
+            rest = [b for b in bases if b not in beaten]
+            parts.append(f"{m['model']} `{ours}` " + (
+                f"beats {_names(beaten)}" + (f", not {_names(rest)}" if rest else "")
+                if beaten else f"beats none of {_names(rest)}"))
+    return [f"On {t['models'][0]['n_prompts']} validation prompts, at 95% on task total or "
+            "faithfulness: " + "; ".join(parts) + "."]
 
 
 def massive_goal() -> list[str]:
@@ -1010,7 +1061,7 @@ def main() -> int:
              "Every number below is produced by a script in `benchmarks/` and rendered by "
              "`python benchmarks/write_benchmarks.py`; each section names its command. Machine: "
              f"{platform.machine()}, 2 CPU cores, torch {torch.__version__}.", ""]
-    sections = [claims_section(), combined_section()]
+    sections = [claims_section(), ties_section(), combined_section()]
     for model in ("flux-digits", "zimage-digits", "wan-digits"):
         sections.append(training_section(model))
     sections.append(classifier_section(BENCH / "flux-digits"))
