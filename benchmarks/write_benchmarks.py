@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "adatsq"
 BENCH = ROOT / "runs" / "bench"
 MODELS = ["flux-digits", "flux-digits-schnell", "zimage-digits", "wan-digits"]
+CALIBRATION_RUNS = ("calibration", "calibration-wan")
+"""Folders under runs/ written by bench_calibration.py (the default's, then one per other model)."""
 
 
 def _load(path: Path):
@@ -366,17 +368,18 @@ def sweeps_section() -> list[str]:
         out += [f"| {x['guidance_scale']:g} | {x['shift']:g} | {x['total']:.3f} | "
                 f"{x['total_se']:.3f} |" for x in r["rows"]]
         out.append("")
-    return out + calibration_section()
+    return out + [line for run in CALIBRATION_RUNS for line in calibration_section(run)]
 
 
-def calibration_section() -> list[str]:
-    c = _load(ROOT / "runs" / "calibration" / "report.json")
+def calibration_section(run: str = "calibration") -> list[str]:
+    c = _load(ROOT / "runs" / run / "report.json")
     if not c:
         return []
+    out_flag = "" if run == "calibration" else f" --out runs/{run}"
     b = c["transfer_bound"]
     out = [f"## Which per-step weights should GPTQ get? ({c['model']}, paper Eqs. 6-8)", "",
            f"Command: `python benchmarks/bench_calibration.py --model {c['model']} --prompts "
-           f"{c['n_prompts']}` ({c['bits']}, uniform activation bits, {c['n_prompts']} "
+           f"{c['n_prompts']}{out_flag}` ({c['bits']}, uniform activation bits, {c['n_prompts']} "
            f"validation prompts, {c['steps']} steps; {c['seconds'] / 60:.0f} min). Each row: "
            "GPTQ on Σ_t α_t H_t with α from the named weighting (Fisher rows: Eq. 6 on "
            "per-layer mean-normalized scores, no uniform mix; `default`: the default before "
@@ -416,23 +419,28 @@ def calibration_section() -> list[str]:
         f"fit's error on held-out Hessians exceeds the in-sample fit's by "
         f"{100 * b['mean_gap']:.0f}% on average (the Hessians' sampling noise). Any reweighting "
         "trades these per-step gains against one another.", "",
-        "![transfer](runs/calibration/transfer.png)", "", _calibration_default(best), "",
+        f"![transfer](runs/{run}/transfer.png)", "", _calibration_default(best, c["rows"]), "",
         f"Fig. 5 analog (`{fig5['layer']}`, held-out per-step error, uniform against "
         f"Fisher-guided at tau 1): the Fisher-guided weights lower the error at "
         f"{int((ratio < 1).sum())} of {len(ratio)} steps (by up to {100 * (1 - ratio.min()):.0f}%) "
         f"and raise it at the others (up to {ratio.max():.1f}x): reweighting moves error between "
-        "steps rather than removing it. ![fig5](runs/calibration/fig5.png)", ""]
+        f"steps rather than removing it. ![fig5](runs/{run}/fig5.png)", ""]
     return out
 
 
-def _calibration_default(best: dict) -> str:
-    """Whether AdaTSQ's default calibration is the sweep's validation-best row."""
+def _calibration_default(best: dict, rows: list[dict]) -> str:
+    """Whether AdaTSQ's default calibration is the sweep's validation-best row (else where its
+    row stands)."""
     from adatsq.config import AdaTSQOptions
 
     o = AdaTSQOptions()
-    chosen = (o.calib == "fisher" and best["weighting"] == f"fisher_{o.fisher_target}"
-              and best["tau"] == o.tau and (best["mix"] or 0.0) == o.mix
-              and best["last_step"] == o.calib_last_step)
+
+    def is_default(r: dict) -> bool:
+        return (o.calib == "fisher" and r["weighting"] == f"fisher_{o.fisher_target}"
+                and r["tau"] == o.tau and (r["mix"] or 0.0) == o.mix
+                and r["last_step"] == o.calib_last_step)
+
+    chosen = is_default(best)
     default = (f"{o.fisher_target} Fisher, tau {o.tau:g}, mix {o.mix:g}, "
                f"{'with' if o.calib_last_step else 'without'} the last step")
     if chosen:
@@ -442,7 +450,12 @@ def _calibration_default(best: dict) -> str:
                 "Fisher of the denoised estimate x̂0 = x_t − σv instead of the velocity loss "
                 "of Eq. 1 (σ_t⁴ times it, so the last steps, where the velocity target is "
                 "almost pure noise, no longer dominate), and no weight on the last step.")
-    return f"AdaTSQ's default calibration ({default}) is not the best point estimate above."
+    row = next((r for r in rows if is_default(r)), None)
+    where = "" if row is None else (
+        f": {row['psnr_diff']:+.2f} dB [{row['lo']:+.2f}, {row['hi']:+.2f}] against uniform, "
+        + ("a loss" if row["hi"] < 0 else "a win" if row["lo"] > 0 else "a tie") + " at 95%")
+    return (f"AdaTSQ's default calibration ({default}), chosen on flux-digits' validation "
+            f"prompts, is not the best point estimate on these{where}.")
 
 
 def rotation_section() -> list[str]:
@@ -612,17 +625,21 @@ def claims_section() -> list[str]:
             out.append(f"| {m} | " + " | ".join(
                 str(sum(p[k]["lo"] > 0 for p in pairs)) if all(k in p for p in pairs) else "-"
                 for k in ORDER_METRICS) + " |")
-    c = _load(ROOT / "runs" / "calibration" / "report.json")
-    if c:
+    calibrations = [c for c in (_load(ROOT / "runs" / run / "report.json")
+                                for run in CALIBRATION_RUNS) if c]
+    if calibrations:
+        out += ["", "**3. Fisher-guided calibration beats uniform (Eqs. 6-8, Fig. 5).**"]
+    for c in calibrations:
         wins = [x for x in c["rows"] if x["lo"] > 0 or x["faithful_lo"] > 0]
         b = c["transfer_bound"]
-        out += ["", f"**3. Fisher-guided calibration beats uniform (Eqs. 6-8, Fig. 5).** Of "
-                f"{len(c['rows']) - 1} weightings on {c['n_prompts']} validation prompts "
-                f"({c['model']}, {c['bits']}), {len(wins)} beat uniform at 95% on PSNR or "
-                f"faithfulness; the transfer bound: one step's held-out error falls by "
-                f"{100 * b['mean_gain']:.0f}% on average (at most {100 * b['max_gain']:.0f}%) "
-                f"when all the weight goes to it, against a {100 * b['mean_gap']:.0f}% sampling "
-                "gap, and every other step pays for it (section below)."]
+        out[-1] += (f" {c['model']}: of {len(c['rows']) - 1} weightings on {c['n_prompts']} "
+                    f"validation prompts ({c['bits']}), {len(wins)} beat uniform at 95% on PSNR "
+                    f"or faithfulness; the transfer bound: one step's held-out error falls by "
+                    f"{100 * b['mean_gain']:.0f}% on average (at most "
+                    f"{100 * b['max_gain']:.0f}%) when all the weight goes to it, against a "
+                    f"{100 * b['mean_gap']:.0f}% sampling gap, and every other step pays for it.")
+    if calibrations:
+        out[-1] += " (Sections below.)"
     t = _load(ROOT / "runs" / "ties" / "report.json")
     if t:
         out[goal_line:goal_line] = [*ties_goal(t), ""]
